@@ -1,0 +1,307 @@
+//! One SMS or MMS as an RFC 5322/MIME email that stands as evidence.
+//!
+//! - `From`/`To` carry every participant: the mapped user's address where known, else a stable
+//!   synthetic address under the configured domain (`13125550199@sms.archive.invalid`).
+//! - `Message-ID` is derived from the connector and the source id, so a re-run builds the same
+//!   message; `References`/`In-Reply-To` point at one id per conversation, so clients thread it.
+//! - `X-Archive-*` headers record the source facts and SHA-256 digests of the source record and
+//!   of each attachment.
+//! - Nothing from the source reaches a header raw: control characters (CR, LF, NUL...) are
+//!   replaced, non-ASCII text is RFC 2047-encoded by mail-builder, content types are checked.
+//! - The output is byte-for-byte deterministic: the MIME boundary is derived from the record's
+//!   digest, which no body can contain (it would have to contain its own hash).
+
+use mail_builder::MessageBuilder;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::content_type::ContentType;
+use mail_builder::headers::date::Date;
+use mail_builder::headers::message_id::MessageId;
+use mail_builder::headers::text::Text;
+use mail_builder::mime::MimePart;
+
+use crate::conversation::ConversationKey;
+use crate::digest::{fields_sha256_hex, sha256_hex};
+use crate::phone::PhoneAddress;
+use crate::resolve::MappingRules;
+use crate::source::{Message, Participant};
+
+/// How many participants a generated subject names before it says "and N more".
+const SUBJECT_NAMES: usize = 5;
+/// Hex digits of a digest used in ids: 128 bits, ample against collision.
+const ID_HEX_DIGITS: usize = 32;
+
+/// Per-connector settings of the conversion.
+#[derive(Debug, Clone, Copy)]
+pub struct EmailOptions<'a> {
+    pub connector_id: &'a str,
+    /// The mobile network or carrier, e.g. `AT&T`.
+    pub network: &'a str,
+    /// Domain of synthetic addresses and ids, e.g. `sms.archive.invalid`.
+    pub address_domain: &'a str,
+}
+
+/// Why an email cannot be built; the item must be reported, never archived wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConversionError {
+    #[error("expected the bytes of {expected} attachment(s), got {actual}")]
+    AttachmentCount { expected: usize, actual: usize },
+    #[error("attachment {id} has {actual} bytes, the source announced {expected}")]
+    AttachmentSize {
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("attachment {id} does not match its SHA-256 {expected}")]
+    AttachmentDigest { id: String, expected: String },
+}
+
+/// The deterministic `Message-ID` (without angle brackets) of a source message.
+pub fn message_id(connector_id: &str, source_id: &str, address_domain: &str) -> String {
+    let digest = fields_sha256_hex(&["message", connector_id, source_id]);
+    format!("{}@{}", &digest[..ID_HEX_DIGITS], address_domain)
+}
+
+/// The id every message of a conversation refers to, so mail clients thread them together.
+pub fn conversation_id(key: &ConversationKey, connector_id: &str, address_domain: &str) -> String {
+    format!(
+        "conversation.{}@{}",
+        &key.digest(connector_id)[..ID_HEX_DIGITS],
+        address_domain
+    )
+}
+
+/// Builds the email for `message`. `attachments` holds the bytes of each of the message's
+/// attachments, in order; each is checked against the size and digest the source announced.
+pub fn build_email(
+    message: &Message,
+    rules: &MappingRules<'_>,
+    attachments: &[&[u8]],
+    options: &EmailOptions<'_>,
+) -> Result<Vec<u8>, ConversionError> {
+    verify_attachments(message, attachments)?;
+
+    let key = ConversationKey::of(message);
+    let thread_id = conversation_id(&key, options.connector_id, options.address_domain);
+    let address_of = |p: &Participant| mail_address(p, rules, message, options);
+    let recipients: Vec<Address> = message.to.iter().map(address_of).collect();
+
+    let mut builder = MessageBuilder::new()
+        .message_id(MessageId::new(message_id(
+            options.connector_id,
+            &message.id,
+            options.address_domain,
+        )))
+        .date(Date::new(message.sent_at.timestamp()))
+        .from(address_of(&message.from))
+        .to(Address::new_list(recipients))
+        .subject(subject(message))
+        .in_reply_to(MessageId::new(thread_id.clone()))
+        .references(MessageId::new(thread_id));
+    for (name, value) in evidence_headers(message, options, &key) {
+        builder = builder.header(name, Text::new(value));
+    }
+
+    let text = MimePart::new("text/plain", normalize_line_breaks(&message.body));
+    let body = if message.attachments.is_empty() {
+        text
+    } else {
+        let mut parts = Vec::with_capacity(message.attachments.len() + 1);
+        parts.push(text);
+        for (meta, bytes) in message.attachments.iter().zip(attachments) {
+            let filename = match clean_header_text(&meta.filename) {
+                name if name.is_empty() => format!("attachment-{}", clean_header_text(&meta.id)),
+                name => name,
+            };
+            parts
+                .push(MimePart::new(content_type(&meta.content_type), *bytes).attachment(filename));
+        }
+        let boundary = format!("=_archive_{}", &message.record_sha256[..ID_HEX_DIGITS]);
+        MimePart::new(
+            ContentType::new("multipart/mixed").attribute("boundary", boundary),
+            parts,
+        )
+    };
+    Ok(builder.body(body).write_to_vec().unwrap_or_default())
+}
+
+fn verify_attachments(message: &Message, attachments: &[&[u8]]) -> Result<(), ConversionError> {
+    if attachments.len() != message.attachments.len() {
+        return Err(ConversionError::AttachmentCount {
+            expected: message.attachments.len(),
+            actual: attachments.len(),
+        });
+    }
+    for (meta, bytes) in message.attachments.iter().zip(attachments) {
+        if bytes.len() as u64 != meta.size {
+            return Err(ConversionError::AttachmentSize {
+                id: meta.id.clone(),
+                expected: meta.size,
+                actual: bytes.len() as u64,
+            });
+        }
+        if sha256_hex(bytes) != meta.sha256 {
+            return Err(ConversionError::AttachmentDigest {
+                id: meta.id.clone(),
+                expected: meta.sha256.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn mail_address<'x>(
+    participant: &Participant,
+    rules: &MappingRules<'_>,
+    message: &Message,
+    options: &EmailOptions<'_>,
+) -> Address<'x> {
+    let email = match rules.resolve(participant, message.sent_at).email() {
+        Some(email) => email.to_string(),
+        None => synthetic_address(&participant.address, options.address_domain),
+    };
+    Address::new_address(Some(display_name(participant)), email)
+}
+
+/// A stable address for a participant who is not a user.
+pub fn synthetic_address(address: &PhoneAddress, domain: &str) -> String {
+    match address.local_part() {
+        local if local.is_empty() => {
+            let digest = sha256_hex(address.key().as_bytes());
+            format!("id-{}@{domain}", &digest[..16])
+        }
+        local => format!("{local}@{domain}"),
+    }
+}
+
+fn display_name(participant: &Participant) -> String {
+    match participant.name.as_deref().map(clean_header_text) {
+        Some(name) if !name.is_empty() => name,
+        _ => participant.address.to_string(),
+    }
+}
+
+/// The MMS subject when there is one, else who the conversation is with.
+fn subject(message: &Message) -> String {
+    if let Some(subject) = message.subject.as_deref().map(clean_header_text)
+        && !subject.is_empty()
+    {
+        return subject;
+    }
+    let mut seen = Vec::new();
+    let mut names = Vec::new();
+    for participant in message.participants() {
+        let key = participant.address.key();
+        if !seen.contains(&key) {
+            seen.push(key);
+            names.push(display_name(participant));
+        }
+    }
+    let shown = names.len().min(SUBJECT_NAMES);
+    let mut subject = format!(
+        "{} with {}",
+        message.kind.label(),
+        names[..shown].join(", ")
+    );
+    if names.len() > shown {
+        subject.push_str(&format!(" and {} more", names.len() - shown));
+    }
+    subject
+}
+
+fn evidence_headers(
+    message: &Message,
+    options: &EmailOptions<'_>,
+    key: &ConversationKey,
+) -> Vec<(&'static str, String)> {
+    let time =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    let to_numbers: Vec<String> = message.to.iter().map(|p| p.address.to_string()).collect();
+    let mut headers = vec![
+        ("X-Archive-Source-Id", clean_header_text(&message.id)),
+        ("X-Archive-Network", clean_header_text(options.network)),
+        (
+            "X-Archive-Connector",
+            clean_header_text(options.connector_id),
+        ),
+        ("X-Archive-Kind", message.kind.as_str().to_string()),
+        (
+            "X-Archive-Direction",
+            message.direction.as_str().to_string(),
+        ),
+        ("X-Archive-From-Number", message.from.address.to_string()),
+        ("X-Archive-To-Numbers", to_numbers.join(", ")),
+        ("X-Archive-Conversation", key.to_string()),
+        ("X-Archive-Sent-At", time(message.sent_at)),
+        ("X-Archive-Archived-At", time(message.archived_at)),
+        ("X-Archive-Record-SHA256", message.record_sha256.clone()),
+    ];
+    for attachment in &message.attachments {
+        headers.push((
+            "X-Archive-Attachment",
+            format!(
+                "id={}; size={}; sha256={}",
+                clean_header_text(&attachment.id),
+                attachment.size,
+                attachment.sha256
+            ),
+        ));
+    }
+    headers
+}
+
+/// Text safe for any header: control characters (CR, LF, NUL, tab...) and Unicode line and
+/// paragraph separators become spaces, runs of spaces collapse, ends are trimmed.
+pub fn clean_header_text(text: &str) -> String {
+    let mut clean = String::with_capacity(text.len());
+    for c in text.chars() {
+        let c = if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            ' '
+        } else {
+            c
+        };
+        if c == ' ' && (clean.is_empty() || clean.ends_with(' ')) {
+            continue;
+        }
+        clean.push(c);
+    }
+    clean.truncate(clean.trim_end().len());
+    clean
+}
+
+/// Bodies are sent with CRLF line ends, whatever the phone used.
+fn normalize_line_breaks(body: &str) -> String {
+    let mut out = String::with_capacity(body.len() + body.len() / 32);
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                out.push_str("\r\n");
+            }
+            '\n' => out.push_str("\r\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A `type/subtype` of RFC 2045 tokens, lowercased; anything else is sent as octet-stream.
+fn content_type(declared: &str) -> String {
+    let essence = declared
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let is_token = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$&^_.+-".contains(c))
+    };
+    match essence.split_once('/') {
+        Some((kind, sub)) if is_token(kind) && is_token(sub) && kind != "multipart" => essence,
+        _ => "application/octet-stream".into(),
+    }
+}
