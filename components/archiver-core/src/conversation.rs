@@ -34,3 +34,49 @@ impl std::fmt::Display for ConversationKey {
         f.write_str(&self.0.join(","))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{message, sms_record};
+    use serde_json::json;
+
+    fn group(from: &str, to: &[&str]) -> Message {
+        let mut record = sms_record();
+        record["kind"] = json!("mms");
+        record["from"] = json!({ "phone": from });
+        record["to"] = to.iter().map(|p| json!({ "phone": p })).collect();
+        message(&record)
+    }
+
+    #[test]
+    fn a_group_is_one_conversation_whatever_the_order_or_spelling() {
+        let a = group("+12025550101", &["+12025550102", "+13125550199"]);
+        let b = group("(312) 555-0199", &["12025550101", "+1 202 555 0102"]);
+        let c = group(
+            "+12025550102",
+            &["+13125550199", "+12025550101", "+12025550101"],
+        );
+        assert_eq!(ConversationKey::of(&a), ConversationKey::of(&b));
+        assert_eq!(ConversationKey::of(&a), ConversationKey::of(&c));
+        assert_eq!(
+            ConversationKey::of(&a).to_string(),
+            "+12025550101,+12025550102,+13125550199"
+        );
+    }
+
+    #[test]
+    fn different_people_are_different_conversations() {
+        let a = group("+12025550101", &["+12025550102"]);
+        let b = group("+12025550101", &["+12025550102", "+13125550199"]);
+        assert_ne!(ConversationKey::of(&a), ConversationKey::of(&b));
+        assert_ne!(
+            ConversationKey::of(&a).digest("c1"),
+            ConversationKey::of(&b).digest("c1")
+        );
+        assert_ne!(
+            ConversationKey::of(&a).digest("c1"),
+            ConversationKey::of(&a).digest("c2")
+        );
+    }
+}

@@ -11,13 +11,14 @@
 //! - The output is byte-for-byte deterministic: the MIME boundary is derived from the record's
 //!   digest, which no body can contain (it would have to contain its own hash).
 
+use base64::Engine;
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::headers::date::Date;
 use mail_builder::headers::message_id::MessageId;
 use mail_builder::headers::text::Text;
-use mail_builder::mime::MimePart;
+use mail_builder::mime::{BodyPart, MimePart};
 
 use crate::conversation::ConversationKey;
 use crate::digest::{fields_sha256_hex, sha256_hex};
@@ -97,11 +98,11 @@ pub fn build_email(
         .subject(subject(message))
         .in_reply_to(MessageId::new(thread_id.clone()))
         .references(MessageId::new(thread_id));
-    for (name, value) in evidence_headers(message, options, &key) {
+    for (name, value) in evidence_headers(message, options) {
         builder = builder.header(name, Text::new(value));
     }
 
-    let text = MimePart::new("text/plain", normalize_line_breaks(&message.body));
+    let text = text_part(normalize_line_breaks(&message.body));
     let body = if message.attachments.is_empty() {
         text
     } else {
@@ -112,8 +113,18 @@ pub fn build_email(
                 name if name.is_empty() => format!("attachment-{}", clean_header_text(&meta.id)),
                 name => name,
             };
-            parts
-                .push(MimePart::new(content_type(&meta.content_type), *bytes).attachment(filename));
+            parts.push(
+                MimePart::new(content_type(&meta.content_type), *bytes)
+                    .attachment(filename)
+                    .header(
+                        "X-Archive-Attachment-Id",
+                        Text::new(clean_header_text(&meta.id)),
+                    )
+                    .header(
+                        "X-Archive-Attachment-SHA256",
+                        Text::new(meta.sha256.clone()),
+                    ),
+            );
         }
         let boundary = format!("=_archive_{}", &message.record_sha256[..ID_HEX_DIGITS]);
         MimePart::new(
@@ -208,14 +219,10 @@ fn subject(message: &Message) -> String {
     subject
 }
 
-fn evidence_headers(
-    message: &Message,
-    options: &EmailOptions<'_>,
-    key: &ConversationKey,
-) -> Vec<(&'static str, String)> {
+/// One value per header, each short enough never to need encoding or folding.
+fn evidence_headers(message: &Message, options: &EmailOptions<'_>) -> Vec<(&'static str, String)> {
     let time =
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-    let to_numbers: Vec<String> = message.to.iter().map(|p| p.address.to_string()).collect();
     let mut headers = vec![
         ("X-Archive-Source-Id", clean_header_text(&message.id)),
         ("X-Archive-Network", clean_header_text(options.network)),
@@ -229,22 +236,17 @@ fn evidence_headers(
             message.direction.as_str().to_string(),
         ),
         ("X-Archive-From-Number", message.from.address.to_string()),
-        ("X-Archive-To-Numbers", to_numbers.join(", ")),
-        ("X-Archive-Conversation", key.to_string()),
+    ];
+    for recipient in &message.to {
+        headers.push(("X-Archive-To-Number", recipient.address.to_string()));
+    }
+    headers.extend([
         ("X-Archive-Sent-At", time(message.sent_at)),
         ("X-Archive-Archived-At", time(message.archived_at)),
         ("X-Archive-Record-SHA256", message.record_sha256.clone()),
-    ];
+    ]);
     for attachment in &message.attachments {
-        headers.push((
-            "X-Archive-Attachment",
-            format!(
-                "id={}; size={}; sha256={}",
-                clean_header_text(&attachment.id),
-                attachment.size,
-                attachment.sha256
-            ),
-        ));
+        headers.push(("X-Archive-Attachment-SHA256", attachment.sha256.clone()));
     }
     headers
 }
@@ -266,6 +268,28 @@ pub fn clean_header_text(text: &str) -> String {
     }
     clean.truncate(clean.trim_end().len());
     clean
+}
+
+/// The body as `text/plain` UTF-8. mail-builder sends a body with NUL or other control
+/// characters as 7bit, which RFC 5322 forbids and servers refuse, so such a body is base64.
+fn text_part<'x>(body: String) -> MimePart<'x> {
+    let has_control = body
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\r' | '\n' | '\t'));
+    if !has_control {
+        return MimePart::new("text/plain", body);
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(body.as_bytes());
+    let mut wrapped = String::with_capacity(encoded.len() + encoded.len() / 38 + 2);
+    for line in encoded.as_bytes().chunks(76) {
+        wrapped.push_str(std::str::from_utf8(line).unwrap_or_default());
+        wrapped.push_str("\r\n");
+    }
+    MimePart::new(
+        ContentType::new("text/plain").attribute("charset", "utf-8"),
+        BodyPart::Text(wrapped.into()),
+    )
+    .transfer_encoding("base64")
 }
 
 /// Bodies are sent with CRLF line ends, whatever the phone used.

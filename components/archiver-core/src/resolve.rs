@@ -178,3 +178,126 @@ pub fn is_deliverable_address(email: &str) -> bool {
         && !email.contains(['<', '>', ',', '"', ' '])
         && !email.chars().any(char::is_control)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::parse_mapping_csv;
+    use crate::phone::Region;
+    use crate::testing::{message, sms_record};
+    use serde_json::json;
+
+    fn table(csv: &str) -> MappingTable {
+        parse_mapping_csv(csv.as_bytes(), Region::US).unwrap()
+    }
+
+    fn emails(delivery: &Delivery) -> Vec<&str> {
+        delivery
+            .recipients
+            .iter()
+            .map(|r| r.email.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn maps_number_before_email_property() {
+        let t = table("phone,email\n+12025550101,alice.ng@corp.example\n");
+        let rules = MappingRules {
+            table: &t,
+            automatic_mapping: true,
+        };
+        let d = rules.delivery(&message(&sms_record()));
+        assert_eq!(emails(&d), ["alice.ng@corp.example"]);
+        assert_eq!(d.recipients[0].by, MappedBy::MappingFile);
+    }
+
+    #[test]
+    fn falls_back_to_the_email_property_only_when_automatic_mapping_is_on() {
+        let t = MappingTable::default();
+        let on = MappingRules {
+            table: &t,
+            automatic_mapping: true,
+        };
+        let d = on.delivery(&message(&sms_record()));
+        assert_eq!(emails(&d), ["alice@acme.example"]);
+        assert_eq!(d.recipients[0].by, MappedBy::EmailProperty);
+        assert_eq!(d.unmapped.len(), 1);
+        assert_eq!(d.unmapped[0].address, "+13125550199");
+        assert_eq!(d.unmapped[0].reason, UnmappedReason::NoEmailProperty);
+
+        let off = MappingRules {
+            table: &t,
+            automatic_mapping: false,
+        };
+        let d = off.delivery(&message(&sms_record()));
+        assert!(d.is_unmapped());
+        assert_eq!(
+            d.unmapped[0].reason,
+            UnmappedReason::NotInMappingAutomaticOff
+        );
+        assert!(
+            d.unmapped_summary()
+                .contains("+12025550101: not in the mapping file")
+        );
+    }
+
+    #[test]
+    fn an_invalid_email_property_is_unmapped_with_its_reason() {
+        let mut record = sms_record();
+        record["from"]["email"] = json!("alice at acme");
+        let t = MappingTable::default();
+        let rules = MappingRules {
+            table: &t,
+            automatic_mapping: true,
+        };
+        let d = rules.delivery(&message(&record));
+        assert!(d.is_unmapped());
+        assert_eq!(
+            d.unmapped[0].reason,
+            UnmappedReason::InvalidEmailProperty("alice at acme".into())
+        );
+    }
+
+    #[test]
+    fn fans_out_one_copy_per_user_even_when_a_user_appears_twice() {
+        let mut record = sms_record();
+        record["kind"] = json!("mms");
+        record["to"] = json!([
+            { "phone": "+12025550102", "email": "bob@acme.example", "name": "Bob Ruiz" },
+            { "phone": "+12025550103", "email": "ALICE@acme.example", "name": "Alice (2nd phone)" },
+            { "phone": "202-555-0102", "email": "bob@acme.example", "name": "Bob again" },
+        ]);
+        let t = MappingTable::default();
+        let rules = MappingRules {
+            table: &t,
+            automatic_mapping: true,
+        };
+        let d = rules.delivery(&message(&record));
+        assert_eq!(emails(&d), ["alice@acme.example", "bob@acme.example"]);
+        assert_eq!(
+            d.recipients[0].as_participants,
+            ["+12025550101", "+12025550103"]
+        );
+        assert_eq!(d.recipients[1].as_participants, ["+12025550102"]);
+        assert!(d.unmapped.is_empty());
+    }
+
+    #[test]
+    fn a_reassigned_number_follows_the_row_valid_when_sent() {
+        let t = table(
+            "phone,email,valid_from,valid_to\n\
+             +13125550199,old@acme.example,,2026-11-24\n\
+             +13125550199,new@acme.example,2026-11-25,\n",
+        );
+        let rules = MappingRules {
+            table: &t,
+            automatic_mapping: false,
+        };
+        let mut record = sms_record();
+        let d = rules.delivery(&message(&record));
+        assert_eq!(emails(&d), ["new@acme.example"]);
+        record["sent_at"] = json!("2026-11-24T23:00:00Z");
+        let d = rules.delivery(&message(&record));
+        assert_eq!(emails(&d), ["old@acme.example"]);
+    }
+}
