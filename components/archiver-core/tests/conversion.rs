@@ -155,7 +155,7 @@ fn built_emails_match_their_golden_files() {
     );
 }
 
-fn header_text<'a>(parsed: &'a mail_parser::Message, name: &str) -> Vec<String> {
+fn header_text(parsed: &mail_parser::Message, name: &str) -> Vec<String> {
     parsed
         .headers()
         .iter()
