@@ -102,6 +102,44 @@ impl Message {
     }
 }
 
+/// `GET /v1/account`: the archive account the credentials open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub account_id: String,
+    pub organization: String,
+    pub network: String,
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
+/// A phone registered for archiving, with the address its user was registered under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscriber {
+    pub phone: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// One page of `GET /v1/subscribers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriberPage {
+    pub subscribers: Vec<Subscriber>,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+/// Parses the body of `GET /v1/account`.
+pub fn parse_account(bytes: &[u8]) -> Result<Account, PageError> {
+    serde_json::from_slice(bytes).map_err(|e| PageError(format!("account: {e}")))
+}
+
+/// Parses one page of `GET /v1/subscribers`.
+pub fn parse_subscriber_page(bytes: &[u8]) -> Result<SubscriberPage, PageError> {
+    serde_json::from_slice(bytes).map_err(|e| PageError(format!("subscribers: {e}")))
+}
+
 /// A message the archive returned but that cannot be archived as it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvalidMessage {
@@ -122,9 +160,9 @@ pub struct MessagePage {
     pub next_cursor: Option<String>,
 }
 
-/// The page as a whole cannot be read; no message of it can be trusted.
+/// A response of the archive that cannot be read as a whole; nothing of it can be trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the message page is not valid: {0}")]
+#[error("the archive's response is not valid: {0}")]
 pub struct PageError(pub String);
 
 #[derive(Deserialize)]
@@ -623,6 +661,29 @@ mod tests {
             message(&record).record_sha256,
             message(&changed).record_sha256
         );
+    }
+
+    #[test]
+    fn reads_account_and_subscribers_ignoring_unknown_fields() {
+        let account = parse_account(
+            br#"{"account_id":"acme-att-01","organization":"Acme Corp","network":"AT&T",
+                "time_zone":"America/New_York","plan":"gold"}"#,
+        )
+        .unwrap();
+        assert_eq!(account.network, "AT&T");
+        assert_eq!(account.time_zone.as_deref(), Some("America/New_York"));
+        let page = parse_subscriber_page(
+            br#"{"subscribers":[{"phone":"+12025550101","email":"alice@acme.example",
+                "name":"Alice Ng","imei":"x"}],"next_cursor":null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            page.subscribers[0].email.as_deref(),
+            Some("alice@acme.example")
+        );
+        assert_eq!(page.next_cursor, None);
+        let error = parse_account(br#"{"organization":"Acme"}"#).unwrap_err();
+        assert!(error.to_string().contains("account_id"), "{error}");
     }
 
     #[test]
