@@ -226,8 +226,8 @@ pub struct Rejection {
 /// Parses and validates one message record given as JSON text.
 pub fn parse_message(json: &str, region: Region) -> Result<Message, Rejection> {
     let value: serde_json::Value = serde_json::from_str(json).map_err(|e| Rejection {
-        id: None,
-        reason: describe_json_error(&e),
+        id: id_only(json),
+        reason: describe_json_error(json, &e),
     })?;
     let object = value.as_object().ok_or_else(|| Rejection {
         id: None,
@@ -341,13 +341,36 @@ fn write_canonical(value: &serde_json::Value, out: &mut String) {
     }
 }
 
-fn describe_json_error(error: &serde_json::Error) -> String {
-    let text = error.to_string();
-    if text.contains("surrogate") {
-        "a text field is not valid UTF-8".into()
-    } else {
-        format!("the record is not valid JSON: {text}")
+/// The record's `id` when the rest of it cannot be read (skipped fields are not decoded).
+fn id_only(json: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<String>,
     }
+    serde_json::from_str::<IdOnly>(json).ok()?.id
+}
+
+fn describe_json_error(json: &str, error: &serde_json::Error) -> String {
+    if !error.to_string().contains("surrogate") {
+        return format!("the record is not valid JSON: {error}");
+    }
+    match field_before(json, error.line(), error.column()) {
+        Some(field) => format!("field `{field}` is not valid UTF-8"),
+        None => "a text field is not valid UTF-8".into(),
+    }
+}
+
+/// The name of the object key closest before a (1-based) line and column of `json`.
+fn field_before(json: &str, line: usize, column: usize) -> Option<&str> {
+    let line_start: usize = json
+        .split_inclusive('\n')
+        .take(line - 1)
+        .map(str::len)
+        .sum();
+    let before = json.get(..(line_start + column).min(json.len()))?;
+    let colon = before.rfind("\":")?;
+    let start = before[..colon].rfind('"')? + 1;
+    Some(&before[start..colon])
 }
 
 struct Fields<'a> {
@@ -624,12 +647,13 @@ mod tests {
         assert!(std::str::from_utf8(&bytes).is_err());
         let parsed = parse_page(&bytes, Region::US).unwrap();
         assert_eq!(parsed.messages.len(), 1);
-        assert_eq!(parsed.invalid[0].reason, "a text field is not valid UTF-8");
+        assert_eq!(parsed.invalid[0].reason, "field `body` is not valid UTF-8");
+        assert_eq!(parsed.invalid[0].id.as_deref(), Some("m-latin1"));
 
         let escaped = text.replace(marker, "bad \\udc80 surrogate");
         let parsed = parse_page(escaped.as_bytes(), Region::US).unwrap();
         assert_eq!(parsed.messages.len(), 1);
-        assert_eq!(parsed.invalid[0].reason, "a text field is not valid UTF-8");
+        assert_eq!(parsed.invalid[0].reason, "field `body` is not valid UTF-8");
     }
 
     #[test]
