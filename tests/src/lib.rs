@@ -1,6 +1,37 @@
-//! Support for the application-level tests: reading the project's `spin.toml` and workspace.
+//! Support for the application-level tests, above all a Spin-compatible test host.
+//!
+//! The Spin CLI is not on any package registry, so the tests run the built components on
+//! Wasmtime, the engine Spin embeds, with Spin's semantics:
+//! - [`manifest`]: `spin.toml` (manifest v2) read and checked as `spin up` does;
+//! - key-value (`fermyon:spin/key-value@2.0.0`) on SQLite in Spin's table layout, one file per app
+//!   shared by all its components, stores limited to those a component lists;
+//! - variables (`fermyon:spin/variables@2.0.0`): defaults, `required`, `{{ template }}` bindings,
+//!   overrides as `SPIN_VARIABLE_*` would give them;
+//! - outbound HTTP through `wasmtime-wasi-http` with `allowed_outbound_hosts` enforced, and
+//!   `http://<component>.spin.internal` served in-process (local service chaining);
+//! - the HTTP trigger with Spin's routing (exact, then longest wildcard; private routes only by
+//!   chaining) and its `spin-*` headers; the cron trigger's `handle-cron-event`;
+//! - a fresh instance for every invocation; interruption at a deadline (epochs) or at the Nth
+//!   key-value write, to simulate a crash.
+//!
+//! Where it knowingly differs from Spin:
+//! - `wasi:keyvalue` (atomics, batch) and Spin's other interfaces (SQLite, Redis, LLM, MQTT...)
+//!   are not provided; a component importing them fails to link, loudly;
+//! - routes with `:name` segments are not supported, and `spin-path-match-*` headers are not set;
+//! - the `spin-client-addr` header is always `127.0.0.1:0`;
+//! - a chained request's `spin-*` headers describe the target's own route (`/...` if private);
+//! - variables come only from defaults and the test's overrides (no Vault or Key Vault provider);
+//! - component sources must be local files; `files`, `environment` and `build` are ignored.
 
 use std::path::{Path, PathBuf};
+
+mod host;
+mod kv;
+pub mod manifest;
+mod outbound;
+mod variables;
+
+pub use host::{App, AppBuilder, SimulatedCrash, TestResponse, is_interrupted, is_simulated_crash};
 
 use anyhow::Context;
 

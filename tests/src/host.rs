@@ -1,0 +1,854 @@
+//! Runs a Spin application's components on Wasmtime with Spin's semantics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use wasmtime::component::{Component, Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::kv::{KvBackend, StoreHandle};
+use crate::manifest::{Manifest, Route};
+use crate::outbound::{AllowedHost, chained_component, origin_of};
+use crate::variables::{AppVariables, is_valid_name};
+
+mod spin_bindings {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "fermyon:spin/host",
+        imports: { default: trappable },
+        with: { "fermyon:spin/key-value.store": crate::kv::StoreHandle },
+    });
+}
+
+mod cron_bindings {
+    wasmtime::component::bindgen!({
+        path: "../components/archive-fetch/wit",
+        world: "fermyon:spin-cron/spin-cron",
+        exports: { default: async },
+    });
+}
+
+use spin_bindings::fermyon::spin::{key_value, variables};
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// The deadline of an invocation unless a test sets another.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
+/// Chained requests deeper than this are refused (a loop between components).
+const MAX_CHAIN_DEPTH: u32 = 8;
+/// The authority external requests are addressed to, as if `spin up` listened there.
+const LISTEN_AUTHORITY: &str = "127.0.0.1:3000";
+
+/// The one engine of the test run, with a thread that advances its epoch.
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).expect("engine configuration is valid");
+        let ticker = engine.weak();
+        std::thread::spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+        engine
+    })
+}
+
+/// Compiles each `.wasm` once per test run, and once per content across runs through a cache
+/// of precompiled components under `target/test-host-cache`.
+fn compile(path: &Path) -> anyhow::Result<Component> {
+    static COMPILED: OnceLock<Mutex<BTreeMap<PathBuf, Component>>> = OnceLock::new();
+    let compiled = COMPILED.get_or_init(Default::default);
+    let path = path.canonicalize().with_context(|| {
+        format!(
+            "component {} does not exist; build it first",
+            path.display()
+        )
+    })?;
+    let mut compiled = compiled
+        .lock()
+        .map_err(|_| anyhow::anyhow!("component cache poisoned"))?;
+    if let Some(component) = compiled.get(&path) {
+        return Ok(component.clone());
+    }
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let cache_dir = crate::project_root().join("target/test-host-cache");
+    let cached = cache_dir.join(format!("{digest}-wasmtime-48.0.8.cwasm"));
+    // SAFETY: the file was written by `Component::serialize` of this same engine configuration
+    // in an earlier run; wasmtime checks its header and refuses a mismatched one.
+    let component = match unsafe { Component::deserialize_file(engine(), &cached) } {
+        Ok(component) => component,
+        Err(_) => {
+            let component = Component::new(engine(), &bytes)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("compiling {}", path.display()))?;
+            std::fs::create_dir_all(&cache_dir)?;
+            let serialized = component.serialize().map_err(anyhow::Error::from)?;
+            let partial = cached.with_extension("partial");
+            std::fs::write(&partial, serialized)?;
+            std::fs::rename(&partial, &cached)?;
+            component
+        }
+    };
+    compiled.insert(path, component.clone());
+    Ok(component)
+}
+
+/// What one component may do, resolved from the manifest and variables.
+struct Guest {
+    id: String,
+    stores: Vec<String>,
+    variables: BTreeMap<String, String>,
+    allowed_hosts: Vec<AllowedHost>,
+    /// The route written for it, for the `spin-*` headers of chained requests.
+    route: Option<Route>,
+    http: Option<ProxyPre<State>>,
+    cron: Option<cron_bindings::SpinCronPre<State>>,
+}
+
+/// What all invocations of one app share.
+struct Shared {
+    guests: BTreeMap<String, Arc<Guest>>,
+    routes: Vec<(Route, String)>,
+    kv: KvBackend,
+    /// Labels of the stores that exist (Spin's runtime config; `default` unless a test adds).
+    known_stores: Vec<String>,
+    deadline_ticks: AtomicU64,
+    /// Writes to the key-value store still allowed before a simulated crash; -1: no crash.
+    writes_before_crash: AtomicI64,
+    logs: Mutex<Vec<u8>>,
+}
+
+/// A crash the test asked for: the invocation was stopped at a key-value write.
+#[derive(Debug)]
+pub struct SimulatedCrash;
+
+impl std::fmt::Display for SimulatedCrash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("simulated crash at a key-value write")
+    }
+}
+
+impl std::error::Error for SimulatedCrash {}
+
+/// The state of one invocation's store.
+struct State {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: Outbound,
+    guest: Arc<Guest>,
+    shared: Arc<Shared>,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outbound HTTP as Spin does it: `allowed_outbound_hosts` enforced, `*.spin.internal` served
+/// in-process by the named component.
+struct Outbound {
+    guest: Arc<Guest>,
+    shared: Arc<Shared>,
+    depth: u32,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<HyperOutgoingBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<HyperOutgoingBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        let Some((scheme, host, port)) = origin_of(request.uri()) else {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestUriInvalid) });
+        };
+        let allowed = self
+            .guest
+            .allowed_hosts
+            .iter()
+            .any(|entry| entry.allows(&scheme, &host, port));
+        if !allowed {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        if let Some(target) = chained_component(&host) {
+            let target = target.to_string();
+            let shared = self.shared.clone();
+            let depth = self.depth + 1;
+            return Box::new(async move {
+                if depth > MAX_CHAIN_DEPTH {
+                    return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+                }
+                let guest = shared
+                    .guests
+                    .get(&target)
+                    .cloned()
+                    .ok_or(wasmtime_wasi_http::Error::DestinationNotFound)?;
+                let mut request = request;
+                request.headers_mut().remove(http::header::HOST);
+                let response = invoke_http(&shared, &guest, request, depth)
+                    .await
+                    .map_err(|e| {
+                        wasmtime_wasi_http::Error::InternalError(Some(format!("{e:#}")))
+                    })?;
+                let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                    Box::new(async { Ok(()) });
+                Ok((response, done))
+            });
+        }
+        Box::new(async move {
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let io: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> = Box::new(io);
+            Ok((response.map(BodyExt::boxed_unsync), io))
+        })
+    }
+}
+
+impl key_value::Host for State {}
+
+impl key_value::HostStore for State {
+    fn open(
+        &mut self,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<StoreHandle>, key_value::Error>> {
+        if !self.guest.stores.contains(&label) {
+            return Ok(Err(key_value::Error::AccessDenied));
+        }
+        if !self.shared.known_stores.contains(&label) {
+            return Ok(Err(key_value::Error::NoSuchStore));
+        }
+        Ok(Ok(self.table.push(StoreHandle { label })?))
+    }
+
+    fn get(
+        &mut self,
+        store: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, key_value::Error>> {
+        let label = &self.table.get(&store)?.label;
+        Ok(self.shared.kv.get(label, &key).map_err(other))
+    }
+
+    fn set(
+        &mut self,
+        store: Resource<StoreHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), key_value::Error>> {
+        self.shared.before_write()?;
+        let label = &self.table.get(&store)?.label;
+        Ok(self.shared.kv.set(label, &key, &value).map_err(other))
+    }
+
+    fn delete(
+        &mut self,
+        store: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), key_value::Error>> {
+        self.shared.before_write()?;
+        let label = &self.table.get(&store)?.label;
+        Ok(self.shared.kv.delete(label, &key).map_err(other))
+    }
+
+    fn exists(
+        &mut self,
+        store: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, key_value::Error>> {
+        let label = &self.table.get(&store)?.label;
+        Ok(self
+            .shared
+            .kv
+            .get(label, &key)
+            .map(|v| v.is_some())
+            .map_err(other))
+    }
+
+    fn get_keys(
+        &mut self,
+        store: Resource<StoreHandle>,
+    ) -> wasmtime::Result<Result<Vec<String>, key_value::Error>> {
+        let label = &self.table.get(&store)?.label;
+        Ok(self.shared.kv.keys(label).map_err(other))
+    }
+
+    fn drop(&mut self, store: Resource<StoreHandle>) -> wasmtime::Result<()> {
+        self.table.delete(store)?;
+        Ok(())
+    }
+}
+
+fn other(error: anyhow::Error) -> key_value::Error {
+    key_value::Error::Other(format!("{error:#}"))
+}
+
+impl variables::Host for State {
+    fn get(&mut self, name: String) -> wasmtime::Result<Result<String, variables::Error>> {
+        if !is_valid_name(&name) {
+            return Ok(Err(variables::Error::InvalidName(name)));
+        }
+        Ok(match self.guest.variables.get(&name) {
+            Some(value) => Ok(value.clone()),
+            None => Err(variables::Error::Undefined(format!(
+                "no variable for {name:?}"
+            ))),
+        })
+    }
+}
+
+impl Shared {
+    fn before_write(&self) -> wasmtime::Result<()> {
+        let left = self.writes_before_crash.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(wasmtime::Error::new(SimulatedCrash));
+        }
+        if left > 0 {
+            self.writes_before_crash.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn new_store(
+        self: &Arc<Self>,
+        guest: &Arc<Guest>,
+        depth: u32,
+    ) -> (Store<State>, [MemoryOutputPipe; 2]) {
+        let stdout = MemoryOutputPipe::new(1 << 20);
+        let stderr = MemoryOutputPipe::new(1 << 20);
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        let state = State {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: Outbound {
+                guest: guest.clone(),
+                shared: self.clone(),
+                depth,
+            },
+            guest: guest.clone(),
+            shared: self.clone(),
+        };
+        let mut store = Store::new(engine(), state);
+        store.set_epoch_deadline(self.deadline_ticks.load(Ordering::SeqCst));
+        store.epoch_deadline_trap();
+        (store, [stdout, stderr])
+    }
+
+    fn keep_logs(&self, guest: &Guest, pipes: &[MemoryOutputPipe; 2]) {
+        if let Ok(mut logs) = self.logs.lock() {
+            for pipe in pipes {
+                let contents = pipe.contents();
+                if !contents.is_empty() {
+                    logs.extend_from_slice(format!("[{}] ", guest.id).as_bytes());
+                    logs.extend_from_slice(&contents);
+                    if !contents.ends_with(b"\n") {
+                        logs.push(b'\n');
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The `spin-*` headers Spin adds for a request matched by `route`.
+fn spin_headers(uri: &http::Uri, route: Option<&Route>) -> Vec<(&'static str, String)> {
+    let path = uri.path();
+    let (matched, component_route, path_info) = match route {
+        Some(Route::Exact(exact)) => (route.unwrap().as_written(), exact.clone(), String::new()),
+        Some(Route::Wildcard(prefix)) => (
+            route.unwrap().as_written(),
+            prefix.clone(),
+            path.strip_prefix(prefix.as_str())
+                .unwrap_or(path)
+                .to_string(),
+        ),
+        Some(Route::Private) | None => ("/...".to_string(), String::new(), path.to_string()),
+    };
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = uri.authority().map_or(LISTEN_AUTHORITY, |a| a.as_str());
+    vec![
+        ("spin-path-info", path_info),
+        (
+            "spin-full-url",
+            format!("http://{authority}{path_and_query}"),
+        ),
+        ("spin-matched-route", matched.clone()),
+        ("spin-base-path", "/".into()),
+        ("spin-raw-component-route", matched),
+        ("spin-component-route", component_route),
+        ("spin-client-addr", "127.0.0.1:0".into()),
+    ]
+}
+
+/// Runs one HTTP invocation of `guest` in a fresh instance.
+async fn invoke_http<B>(
+    shared: &Arc<Shared>,
+    guest: &Arc<Guest>,
+    request: http::Request<B>,
+    depth: u32,
+) -> anyhow::Result<http::Response<HyperOutgoingBody>>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let proxy = guest
+        .http
+        .clone()
+        .with_context(|| format!("component {} has no HTTP trigger", guest.id))?;
+    let (mut parts, body) = request.into_parts();
+    for (name, value) in spin_headers(&parts.uri, guest.route.as_ref()) {
+        parts
+            .headers
+            .insert(name, http::HeaderValue::from_str(&value)?);
+    }
+    if parts.uri.authority().is_none() {
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        parts.uri = format!("http://{LISTEN_AUTHORITY}{path_and_query}").parse()?;
+    }
+    let request = http::Request::from_parts(parts, body);
+
+    let (mut store, pipes) = shared.new_store(guest, depth);
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let incoming = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request)?;
+    let outparam = store.data_mut().http().new_response_outparam(sender)?;
+    let task_shared = shared.clone();
+    let task_guest = guest.clone();
+    let task = tokio::task::spawn(async move {
+        let result = async {
+            let instance = proxy.instantiate_async(&mut store).await?;
+            instance
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, outparam)
+                .await
+        }
+        .await;
+        task_shared.keep_logs(&task_guest, &pipes);
+        result.map_err(anyhow::Error::from)
+    });
+    match receiver.await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(code)) => Err(anyhow::anyhow!(
+            "component {} answered with error {code:?}",
+            guest.id
+        )),
+        Err(_) => match task.await? {
+            Ok(()) => bail!("component {} never set a response", guest.id),
+            Err(e) => Err(e.context(format!("component {} failed", guest.id))),
+        },
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug, Clone)]
+pub struct TestResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("response is not JSON: {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Builds an [`App`].
+pub struct AppBuilder {
+    manifest: PathBuf,
+    variables: BTreeMap<String, String>,
+    kv_path: Option<PathBuf>,
+    extra_stores: Vec<String>,
+}
+
+impl AppBuilder {
+    /// Sets an app variable, as `SPIN_VARIABLE_<NAME>` does for `spin up`.
+    pub fn variable(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.variables.insert(name.to_string(), value.into());
+        self
+    }
+
+    /// Uses this SQLite file for the key-value store (shared with other apps on it).
+    pub fn kv_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kv_path = Some(path.into());
+        self
+    }
+
+    /// Declares another store label, as a runtime config file would.
+    pub fn store(mut self, label: &str) -> Self {
+        self.extra_stores.push(label.to_string());
+        self
+    }
+
+    pub fn build(self) -> anyhow::Result<App> {
+        let manifest = Manifest::load(&self.manifest)?;
+        let values = AppVariables::resolve(&manifest, &self.variables)?;
+        let kv_path = match self.kv_path {
+            Some(path) => path,
+            None => fresh_kv_path()?,
+        };
+        let mut linker: Linker<State> = Linker::new(engine());
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        spin_bindings::Host_::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |state: &mut State| state,
+        )?;
+
+        let mut guests = BTreeMap::new();
+        for (id, spec) in &manifest.components {
+            let route = manifest
+                .http_triggers
+                .iter()
+                .find(|t| &t.component == id)
+                .map(|t| t.route.clone());
+            let has_cron = manifest.cron_triggers.iter().any(|t| &t.component == id);
+            let component = compile(&spec.source).with_context(|| format!("component {id}"))?;
+            let pre = linker
+                .instantiate_pre(&component)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("linking component {id}"))?;
+            let http = match route {
+                Some(_) => Some(
+                    ProxyPre::new(pre.clone())
+                        .map_err(anyhow::Error::from)
+                        .with_context(|| {
+                            format!("component {id} has an HTTP trigger but no wasi:http handler")
+                        })?,
+                ),
+                None => None,
+            };
+            let cron = match has_cron {
+                true => Some(
+                    cron_bindings::SpinCronPre::new(pre)
+                        .map_err(anyhow::Error::from)
+                        .with_context(|| {
+                            format!("component {id} has a cron trigger but no handle-cron-event")
+                        })?,
+                ),
+                false => None,
+            };
+            let mut variables = BTreeMap::new();
+            for (name, template) in &spec.variables {
+                variables.insert(name.clone(), values.expand(template)?);
+            }
+            let allowed_hosts = spec
+                .allowed_outbound_hosts
+                .iter()
+                .map(|entry| AllowedHost::parse(&values.expand(entry)?))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .with_context(|| format!("allowed_outbound_hosts of {id}"))?;
+            for host in &spec.allowed_outbound_hosts {
+                let expanded = values.expand(host)?;
+                if let Some(target) = url_host(&expanded).and_then(chained_component)
+                    && !manifest.components.contains_key(target)
+                {
+                    bail!("component {id} may chain to {target:?}, which is not in the app");
+                }
+            }
+            guests.insert(
+                id.clone(),
+                Arc::new(Guest {
+                    id: id.clone(),
+                    stores: spec.key_value_stores.clone(),
+                    variables,
+                    allowed_hosts,
+                    route: manifest
+                        .http_triggers
+                        .iter()
+                        .find(|t| &t.component == id)
+                        .map(|t| t.route.clone()),
+                    http,
+                    cron,
+                }),
+            );
+        }
+        let routes = manifest
+            .http_triggers
+            .iter()
+            .map(|t| (t.route.clone(), t.component.clone()))
+            .collect();
+        let mut known_stores = vec!["default".to_string()];
+        known_stores.extend(self.extra_stores);
+        let shared = Arc::new(Shared {
+            guests,
+            routes,
+            kv: KvBackend::open(&kv_path)?,
+            known_stores,
+            deadline_ticks: AtomicU64::new(ticks(DEFAULT_DEADLINE)),
+            writes_before_crash: AtomicI64::new(-1),
+            logs: Mutex::new(Vec::new()),
+        });
+        Ok(App {
+            manifest,
+            shared,
+            kv_path,
+        })
+    }
+}
+
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    Some(rest.split([':', '/']).next().unwrap_or(rest))
+}
+
+fn ticks(duration: Duration) -> u64 {
+    (duration.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+}
+
+fn fresh_kv_path() -> anyhow::Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = crate::project_root().join("target/test-host-kv");
+    std::fs::create_dir_all(&dir)?;
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let path = dir.join(format!("{}-{n}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    Ok(path)
+}
+
+/// A running application: send it requests, fire its timers, look at its state.
+pub struct App {
+    manifest: Manifest,
+    shared: Arc<Shared>,
+    kv_path: PathBuf,
+}
+
+impl App {
+    /// An app from the manifest at `path` (relative to the project root if not absolute).
+    pub fn builder(manifest: impl AsRef<Path>) -> AppBuilder {
+        let manifest = manifest.as_ref();
+        let manifest = if manifest.is_absolute() {
+            manifest.to_path_buf()
+        } else {
+            crate::project_root().join(manifest)
+        };
+        AppBuilder {
+            manifest,
+            variables: BTreeMap::new(),
+            kv_path: None,
+            extra_stores: Vec::new(),
+        }
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The SQLite file of the key-value store.
+    pub fn kv_path(&self) -> &Path {
+        &self.kv_path
+    }
+
+    /// Sends a request to the app's routes, as a client of `spin up` would. A path no route
+    /// matches gets Spin's 404.
+    pub async fn send(&self, request: http::Request<Bytes>) -> anyhow::Result<TestResponse> {
+        let path = request.uri().path().to_string();
+        let Some(component) = self.route(&path) else {
+            return Ok(TestResponse {
+                status: 404,
+                headers: http::HeaderMap::new(),
+                body: Bytes::from_static(b"Not Found"),
+            });
+        };
+        let guest = self.shared.guests[&component].clone();
+        let (parts, body) = request.into_parts();
+        let request = http::Request::from_parts(parts, Full::new(body));
+        let response = invoke_http(&self.shared, &guest, request, 0).await?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the response body: {e:?}"))?
+            .to_bytes();
+        Ok(TestResponse {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> anyhow::Result<TestResponse> {
+        self.send(http::Request::get(path).body(Bytes::new())?)
+            .await
+    }
+
+    /// The component Spin would route `path` to: an exact route first, then the longest
+    /// wildcard prefix. Private routes never match.
+    pub fn route(&self, path: &str) -> Option<String> {
+        let path = path.trim_end_matches('/');
+        let exact = self
+            .shared
+            .routes
+            .iter()
+            .find(|(route, _)| matches!(route, Route::Exact(exact) if exact == path));
+        if let Some((_, component)) = exact {
+            return Some(component.clone());
+        }
+        self.shared
+            .routes
+            .iter()
+            .filter_map(|(route, component)| match route {
+                Route::Wildcard(prefix)
+                    if path == prefix
+                        || path.starts_with(prefix.as_str())
+                            && path[prefix.len()..].starts_with('/')
+                        || prefix.is_empty() =>
+                {
+                    Some((prefix.len(), component))
+                }
+                _ => None,
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, component)| component.clone())
+    }
+
+    /// Fires `component`'s cron trigger as the cron plugin does, with `timestamp` (seconds since
+    /// the Unix epoch). `Ok(Err(reason))` is the component's own error result.
+    pub async fn fire_cron(
+        &self,
+        component: &str,
+        timestamp: u64,
+    ) -> anyhow::Result<Result<(), String>> {
+        let guest = self
+            .shared
+            .guests
+            .get(component)
+            .with_context(|| format!("the app has no component {component:?}"))?
+            .clone();
+        let pre = guest
+            .cron
+            .clone()
+            .with_context(|| format!("component {component} has no cron trigger"))?;
+        let (mut store, pipes) = self.shared.new_store(&guest, 0);
+        let result = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .call_handle_cron_event(&mut store, cron_bindings::Metadata { timestamp })
+                .await
+        }
+        .await;
+        self.shared.keep_logs(&guest, &pipes);
+        Ok(result?.map_err(|cron_bindings::Error::Other(reason)| reason))
+    }
+
+    /// Reads a key of the store `label` directly, as a test's assertion.
+    pub fn kv_get(&self, label: &str, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        self.shared.kv.get(label, key)
+    }
+
+    /// Writes a key of the store `label` directly, to seed state.
+    pub fn kv_set(&self, label: &str, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        self.shared.kv.set(label, key, value)
+    }
+
+    /// Every key of the store `label`.
+    pub fn kv_keys(&self, label: &str) -> anyhow::Result<Vec<String>> {
+        self.shared.kv.keys(label)
+    }
+
+    /// Stops every later invocation that runs longer than `deadline` (an epoch interrupt).
+    pub fn set_deadline(&self, deadline: Duration) {
+        self.shared
+            .deadline_ticks
+            .store(ticks(deadline), Ordering::SeqCst);
+    }
+
+    /// Lets `writes` more key-value writes (sets and deletes) succeed, then traps the invocation
+    /// that attempts the next one, as a process killed at that point. `None` disarms.
+    pub fn crash_after_kv_writes(&self, writes: Option<u64>) {
+        let value = writes.map_or(-1, |w| w as i64);
+        self.shared
+            .writes_before_crash
+            .store(value, Ordering::SeqCst);
+    }
+
+    /// Everything the components wrote to stdout and stderr, each line prefixed by its component.
+    pub fn logs(&self) -> String {
+        self.shared
+            .logs
+            .lock()
+            .map(|logs| String::from_utf8_lossy(&logs).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Whether an invocation error is an interrupt at the deadline.
+pub fn is_interrupted(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<wasmtime::Trap>()
+            .is_some_and(|trap| *trap == wasmtime::Trap::Interrupt)
+    })
+}
+
+/// Whether an invocation error is a crash asked for by [`App::crash_after_kv_writes`].
+pub fn is_simulated_crash(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<SimulatedCrash>().is_some())
+}

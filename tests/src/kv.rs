@@ -1,0 +1,86 @@
+//! Spin's key-value store on SQLite, in Spin's own table layout, so state written by one
+//! invocation or component is read by the next exactly as with `spin up`'s default store.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// The store behind every label of one app (Spin's `.spin/sqlite_key_value.db`).
+pub struct KvBackend {
+    connection: Mutex<Connection>,
+}
+
+/// The host side of an open `store` resource.
+pub struct StoreHandle {
+    pub label: String,
+}
+
+impl KvBackend {
+    pub fn open(path: &Path) -> anyhow::Result<KvBackend> {
+        let connection = Connection::open(path)
+            .with_context(|| format!("opening key-value database {}", path.display()))?;
+        connection.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS spin_key_value (
+                 store TEXT NOT NULL,
+                 key   TEXT NOT NULL,
+                 value BLOB NOT NULL,
+                 PRIMARY KEY (store, key)
+             );",
+        )?;
+        Ok(KvBackend {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> anyhow::Result<T> {
+        let connection = self
+            .connection
+            .lock()
+            .map_err(|_| anyhow::anyhow!("key-value database lock poisoned"))?;
+        Ok(f(&connection)?)
+    }
+
+    pub fn get(&self, store: &str, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                params![store, key],
+                |row| row.get(0),
+            )
+            .optional()
+        })
+    }
+
+    pub fn set(&self, store: &str, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+                params![store, key, value],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn delete(&self, store: &str, key: &str) -> anyhow::Result<()> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                params![store, key],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn keys(&self, store: &str) -> anyhow::Result<Vec<String>> {
+        self.with(|c| {
+            let mut statement =
+                c.prepare("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")?;
+            let keys = statement.query_map(params![store], |row| row.get(0))?;
+            keys.collect()
+        })
+    }
+}

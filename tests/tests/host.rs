@@ -1,0 +1,327 @@
+//! The test host behaves as Spin does.
+
+use std::time::Duration;
+
+use archiver_tests::manifest::Manifest;
+use archiver_tests::{App, is_interrupted, is_simulated_crash};
+use bytes::Bytes;
+
+use crate::util::{probe_app, unlisted, upstream};
+
+async fn who(app: &App, path: &str) -> serde_json::Value {
+    let response = app.get(path).await.unwrap();
+    assert_eq!(response.status, 200, "{path}: {}", response.text());
+    response.json().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_exact_wildcard_and_catch_all_as_spin_does() {
+    let app = probe_app(unlisted());
+    let exact = who(&app, "/exact").await;
+    assert_eq!(exact["component"], "probe-exact");
+    assert_eq!(exact["headers"]["spin-matched-route"], "/exact");
+    assert_eq!(exact["headers"]["spin-path-info"], "");
+
+    // An exact route does not match below itself: the catch-all takes it.
+    assert_eq!(
+        who(&app, "/exact/more").await["component"],
+        "probe-fallback"
+    );
+    assert_eq!(who(&app, "/elsewhere").await["component"], "probe-fallback");
+
+    let wild = who(&app, "/probe/a/b?x=1").await;
+    assert_eq!(wild["component"], "probe");
+    assert_eq!(wild["path"], "/probe/a/b");
+    assert_eq!(wild["headers"]["spin-path-info"], "/a/b");
+    assert_eq!(wild["headers"]["spin-matched-route"], "/probe/...");
+    assert_eq!(wild["headers"]["spin-component-route"], "/probe");
+    assert_eq!(
+        wild["headers"]["spin-full-url"],
+        "http://127.0.0.1:3000/probe/a/b?x=1"
+    );
+    assert_eq!(who(&app, "/probe").await["component"], "probe");
+    assert_eq!(who(&app, "/probex").await["component"], "probe-fallback");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_component_is_reachable_only_by_chaining() {
+    let app = probe_app(unlisted());
+    for path in ["/", "/probe-private", "/probe-private/x", "/inner"] {
+        assert_ne!(app.route(path).as_deref(), Some("probe-private"), "{path}");
+    }
+    let chained = app
+        .get("/probe/x?op=fetch&url=http://probe-private.spin.internal/inner?y=2")
+        .await
+        .unwrap();
+    assert_eq!(chained.status, 200, "{}", chained.text());
+    let body = chained.text();
+    let json: serde_json::Value = serde_json::from_str(body.strip_prefix("200 ").unwrap()).unwrap();
+    assert_eq!(json["component"], "probe-private");
+    assert_eq!(json["path"], "/inner");
+    assert_eq!(json["headers"]["spin-path-info"], "/inner");
+
+    // The catch-all probe does not list the private one among its hosts.
+    let denied = app
+        .get("/other?op=fetch&url=http://probe-private.spin.internal/inner")
+        .await
+        .unwrap();
+    assert_eq!(denied.status, 502);
+    assert!(
+        denied.text().contains("HttpRequestDenied"),
+        "{}",
+        denied.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbound_requests_reach_only_listed_hosts() {
+    let server = upstream().await;
+    let app = probe_app(server);
+    let allowed = app
+        .get(&format!("/probe/x?op=fetch&url=http://{server}/hello"))
+        .await
+        .unwrap();
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    assert_eq!(allowed.text(), "200 upstream says hi");
+
+    let other_port = format!(
+        "/probe/x?op=fetch&url=http://127.0.0.1:{}/",
+        server.port() + 1
+    );
+    let by_name = format!("/probe/x?op=fetch&url=http://localhost:{}/", server.port());
+    let https = format!("/probe/x?op=fetch&url=https://{server}/");
+    let from_exact = format!("/exact?op=fetch&url=http://{server}/hello");
+    for path in [other_port, by_name, https, from_exact] {
+        let denied = app.get(&path).await.unwrap();
+        assert_eq!(denied.status, 502, "{path}: {}", denied.text());
+        assert!(
+            denied.text().contains("HttpRequestDenied"),
+            "{path}: {}",
+            denied.text()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_the_component_does_not_list_is_refused() {
+    let app = probe_app(unlisted());
+    let listed = app
+        .get("/probe/x?op=kv-get&store=default&key=k")
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.status,
+        404,
+        "listed store, missing key: {}",
+        listed.text()
+    );
+    for path in [
+        "/exact?op=kv-get&store=default&key=k",
+        "/other?op=kv-get&store=default&key=k",
+        "/probe/x?op=kv-get&store=archive&key=k",
+    ] {
+        let refused = app.get(path).await.unwrap();
+        assert_eq!(refused.status, 403, "{path}");
+        assert!(
+            refused.text().contains("AccessDenied"),
+            "{path}: {}",
+            refused.text()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_value_state_written_by_one_component_is_read_by_others_and_survives_a_restart() {
+    let app = probe_app(unlisted());
+    assert_eq!(
+        app.fire_cron("archive-fetch", 1_764_122_400).await.unwrap(),
+        Ok(())
+    );
+    let read = app
+        .get("/probe/x?op=kv-get&store=default&key=fetch/last-timer-event")
+        .await
+        .unwrap();
+    assert_eq!((read.status, read.text().as_str()), (200, "1764122400"));
+
+    let put = http::Request::put("/probe/x?op=kv-set&store=default&key=greeting")
+        .body(Bytes::from_static(b"written by probe"))
+        .unwrap();
+    assert_eq!(app.send(put).await.unwrap().status, 204);
+    let chained = app
+        .get("/probe/x?op=fetch&url=http://probe-private.spin.internal/?op=kv-get&store=default&key=greeting")
+        .await
+        .unwrap();
+    assert_eq!(chained.text(), "200 written by probe");
+
+    let restarted = App::builder("tests/probe/spin.toml")
+        .variable("probe_secret", "s3cret-probe")
+        .kv_file(app.kv_path())
+        .build()
+        .unwrap();
+    assert_eq!(
+        restarted.kv_get("default", "greeting").unwrap().as_deref(),
+        Some(&b"written by probe"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn variables_follow_defaults_templates_and_overrides() {
+    let app = probe_app(unlisted());
+    let var = |name: &str| format!("/probe/x?op=var&name={name}");
+    assert_eq!(
+        app.get(&var("greeting")).await.unwrap().text(),
+        "hello, from hello"
+    );
+    assert_eq!(
+        app.get(&var("probe_secret")).await.unwrap().text(),
+        "s3cret-probe"
+    );
+    let undefined = app.get(&var("admin_token")).await.unwrap();
+    assert_eq!(undefined.status, 404);
+    assert!(
+        undefined.text().contains("Undefined"),
+        "{}",
+        undefined.text()
+    );
+    let invalid = app.get(&var("Bad-Name")).await.unwrap();
+    assert!(invalid.text().contains("InvalidName"), "{}", invalid.text());
+    // Only the component's own bindings are visible: the exact probe binds no greeting.
+    let other = app.get("/exact?op=var&name=greeting").await.unwrap();
+    assert!(other.text().contains("Undefined"), "{}", other.text());
+
+    let overridden = App::builder("tests/probe/spin.toml")
+        .variable("probe_secret", "x")
+        .variable("greeting", "hi")
+        .build()
+        .unwrap();
+    assert_eq!(
+        overridden.get(&var("greeting")).await.unwrap().text(),
+        "hi, from hi"
+    );
+}
+
+#[test]
+fn a_missing_required_variable_or_an_unknown_one_stops_the_app() {
+    let error = App::builder("tests/probe/spin.toml")
+        .build()
+        .err()
+        .expect("must fail");
+    let message = format!("{error:#}");
+    assert!(message.contains("probe_secret"), "{message}");
+    assert!(message.contains("SPIN_VARIABLE_PROBE_SECRET"), "{message}");
+    let error = App::builder("tests/probe/spin.toml")
+        .variable("probe_secret", "x")
+        .variable("no_such_variable", "y")
+        .build()
+        .err()
+        .expect("must fail");
+    assert!(format!("{error:#}").contains("no_such_variable"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_invocation_gets_a_fresh_instance() {
+    let app = probe_app(unlisted());
+    for _ in 0..3 {
+        assert_eq!(app.get("/probe/x?op=count").await.unwrap().text(), "1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invocation_past_its_deadline_is_interrupted() {
+    let app = probe_app(unlisted());
+    app.set_deadline(Duration::from_millis(300));
+    let error = app
+        .get("/probe/x?op=spin")
+        .await
+        .expect_err("must be interrupted");
+    assert!(is_interrupted(&error), "{error:?}");
+    assert!(!is_simulated_crash(&error));
+    // The next invocation is a fresh instance and runs normally.
+    assert_eq!(app.get("/probe/x?op=count").await.unwrap().text(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_at_a_key_value_write_stops_the_invocation_before_the_write() {
+    let app = probe_app(unlisted());
+    let put = |key: &str| {
+        http::Request::put(format!("/probe/x?op=kv-set&store=default&key={key}"))
+            .body(Bytes::from_static(b"v"))
+            .unwrap()
+    };
+    app.crash_after_kv_writes(Some(1));
+    assert_eq!(app.send(put("first")).await.unwrap().status, 204);
+    let error = app.send(put("second")).await.expect_err("must crash");
+    assert!(is_simulated_crash(&error), "{error:?}");
+    assert!(app.kv_get("default", "first").unwrap().is_some());
+    assert!(app.kv_get("default", "second").unwrap().is_none());
+    app.crash_after_kv_writes(None);
+    assert_eq!(app.send(put("second")).await.unwrap().status, 204);
+}
+
+fn parse(text: &str) -> anyhow::Result<Manifest> {
+    Manifest::parse(text, std::path::Path::new("."))
+}
+
+const HEAD: &str = "spin_manifest_version = 2\n[application]\nname = \"t\"\n";
+
+#[test]
+fn a_malformed_or_inconsistent_manifest_is_a_clear_error() {
+    let component = "[component.a]\nsource = \"a.wasm\"\n";
+    let cases = [
+        (
+            "spin_manifest_version = 1\n[application]\nname = \"t\"\n".to_string(),
+            "must be 2",
+        ),
+        (
+            format!("{HEAD}[[trigger.http]]\nroute = \"/x\"\ncomponent = \"nope\"\n"),
+            "\"nope\"",
+        ),
+        (
+            format!("{HEAD}{component}[[trigger.http]]\nroute = \"x\"\ncomponent = \"a\"\n"),
+            "must start with `/`",
+        ),
+        (
+            format!(
+                "{HEAD}{component}[[trigger.http]]\nroute = \"/x\"\ncomponent = \"a\"\n[[trigger.http]]\nroute = \"/x\"\ncomponent = \"a\"\n"
+            ),
+            "declared twice",
+        ),
+        (
+            format!(
+                "{HEAD}{component}[[trigger.cron]]\ncomponent = \"a\"\ncron_expression = \"0 2 * * *\"\n"
+            ),
+            "6 or 7 fields",
+        ),
+        (
+            format!("{HEAD}{component}[component.a.variables]\nx = \"{{{{ undeclared }}}}\"\n"),
+            "\"undeclared\"",
+        ),
+        (
+            format!("{HEAD}[variables]\nv = {{ required = true, default = \"d\" }}\n"),
+            "either a default",
+        ),
+        (
+            format!("{HEAD}[component.a]\nkey_value_stores = [\"default\"]\n"),
+            "`source`",
+        ),
+        (
+            format!("{HEAD}{component}[[trigger.mqtt]]\ncomponent = \"a\"\n"),
+            "not supported",
+        ),
+        (format!("{HEAD}[[trigger.http]\n"), "not valid TOML"),
+    ];
+    for (text, expected) in cases {
+        let error = parse(&text)
+            .err()
+            .unwrap_or_else(|| panic!("accepted:\n{text}"));
+        let message = format!("{error:#}");
+        assert!(
+            message.contains(expected),
+            "{expected:?} not in {message:?}"
+        );
+    }
+    let fine = format!(
+        "{HEAD}{component}[[trigger.http]]\nroute = {{ private = true }}\ncomponent = \"a\"\n"
+    );
+    assert!(parse(&fine).is_ok());
+}

@@ -1,0 +1,6 @@
+//! The application-level tests: one binary, so each component is compiled once per run.
+
+mod app;
+mod host;
+mod manifest_checks;
+mod util;
