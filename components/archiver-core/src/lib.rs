@@ -6,16 +6,26 @@
 //! - [`mapping`]: the uploaded mobile-number-to-mailbox CSV.
 //! - [`resolve`]: who among a message's participants is a user, and who gets a copy.
 //! - [`email`]: one message as an RFC 5322/MIME email that stands as evidence.
+//! - [`connector`], [`runs`], [`state`]: connectors, runs and status, and their key-value layout.
+//! - [`secrets`]: passwords sealed at rest, the admin token checked in constant time.
+//! - [`source_client`]: requests to the carrier archive, built and read without I/O.
+//! - [`api`]: the admin API's errors as HTTP statuses and bodies.
 //!
 //! Clocks, ids and configuration are arguments, so every output can be golden-tested.
 
+pub mod api;
+pub mod connector;
 pub mod conversation;
 pub mod digest;
 pub mod email;
 pub mod mapping;
 pub mod phone;
 pub mod resolve;
+pub mod runs;
+pub mod secrets;
 pub mod source;
+pub mod source_client;
+pub mod state;
 
 #[cfg(test)]
 pub(crate) mod testing;

@@ -1,0 +1,440 @@
+//! Runs (one fetch-and-import of a window) and the progress figures the admin watches.
+//!
+//! The figures follow the seed's admin log, with one invariant:
+//! `available_for_import = imported + partially_imported + skipped_duplicate + failed`, where
+//! "available for import" counts items after fan-out to every mapped participant. Items that
+//! reach no one (unmapped) or cannot be read (invalid) are counted apart and listed with their
+//! reason, never dropped.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunTrigger {
+    Timer,
+    Manual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// The counts of one run, or of several added up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Figures {
+    /// Messages the archive returned for the window.
+    pub fetched: u64,
+    /// Messages rejected as unreadable (each listed with its reason).
+    pub invalid: u64,
+    /// Messages that map to no user (each listed with its reason).
+    pub unmapped: u64,
+    /// Copies to deliver: one per message and mapped user.
+    pub available_for_import: u64,
+    pub imported: u64,
+    pub partially_imported: u64,
+    pub skipped_duplicate: u64,
+    pub failed: u64,
+}
+
+impl Figures {
+    pub fn add(&mut self, other: &Figures) {
+        self.fetched += other.fetched;
+        self.invalid += other.invalid;
+        self.unmapped += other.unmapped;
+        self.available_for_import += other.available_for_import;
+        self.imported += other.imported;
+        self.partially_imported += other.partially_imported;
+        self.skipped_duplicate += other.skipped_duplicate;
+        self.failed += other.failed;
+    }
+
+    /// Every copy available for import has exactly one outcome.
+    pub fn invariant_holds(&self) -> bool {
+        self.available_for_import
+            == self.imported + self.partially_imported + self.skipped_duplicate + self.failed
+    }
+}
+
+/// One run of a connector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: String,
+    pub connector: String,
+    pub trigger: RunTrigger,
+    /// The window of `archived_at` times: `[since, until)`. `None` for a timer run until it
+    /// computes its window from the watermark.
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub state: RunState,
+    pub requested_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub figures: Figures,
+    /// Why a failed run failed, in words an admin can act on.
+    pub error: Option<String>,
+}
+
+impl Run {
+    pub fn view(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        value["invariant_holds"] = self.figures.invariant_holds().into();
+        value
+    }
+}
+
+/// An item (or one user's copy of it) that was not imported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotImported {
+    pub run: String,
+    pub item_id: String,
+    /// The participant the reason is about (normalised number), when there is one.
+    pub participant: Option<String>,
+    pub target_user: Option<String>,
+    pub reason: NotImportedReason,
+    pub detail: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotImportedReason {
+    Unmapped,
+    InvalidSourceRecord,
+    NoSuchMailbox,
+    DestinationRefused,
+    AttachmentMismatch,
+}
+
+/// The body of `POST /api/connectors/{id}/runs`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunRequestError {
+    #[error("the run request is not valid: {0}")]
+    BadBody(String),
+    #[error("give both `since` and `until`, or neither")]
+    HalfWindow,
+    #[error("`since` must be before `until`")]
+    EmptyWindow,
+    #[error("`until` is in the future")]
+    FutureWindow,
+}
+
+/// Reads a run request; an empty body means "the next window, now".
+pub fn parse_run_request(body: &[u8], now: DateTime<Utc>) -> Result<RunRequest, RunRequestError> {
+    let request: RunRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RunRequest::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| RunRequestError::BadBody(e.to_string()))?
+    };
+    match (request.since, request.until) {
+        (None, None) => {}
+        (Some(since), Some(until)) => {
+            if since >= until {
+                return Err(RunRequestError::EmptyWindow);
+            }
+            if until > now + Duration::minutes(5) {
+                return Err(RunRequestError::FutureWindow);
+            }
+        }
+        _ => return Err(RunRequestError::HalfWindow),
+    }
+    Ok(request)
+}
+
+/// A run id that sorts by request time: `r-20261126T020000Z-<suffix>`.
+pub fn run_id(requested_at: DateTime<Utc>, suffix: &str) -> String {
+    format!("r-{}-{suffix}", requested_at.format("%Y%m%dT%H%M%SZ"))
+}
+
+/// What the pipeline records about a connector's health between runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    /// Set when the archive refused the credentials; cleared by the next successful login.
+    pub login_failure: Option<LoginFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginFailure {
+    pub at: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// Flags an operator can alert on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub last_successful_run: Option<DateTime<Utc>>,
+    pub source_login_failure: Option<LoginFailure>,
+    /// Whole days since a run last fetched any message (since the first run if none ever did).
+    pub days_without_items: Option<i64>,
+    /// `days_without_items` reached the alert threshold.
+    pub no_items_alert: bool,
+}
+
+/// The status of a connector: per run, per day, the items not imported, and health.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    pub connector: String,
+    pub health: Health,
+    pub runs: Vec<serde_json::Value>,
+    pub days: Vec<DayFigures>,
+    pub not_imported: Vec<NotImported>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DayFigures {
+    pub day: NaiveDate,
+    pub runs: usize,
+    #[serde(flatten)]
+    pub figures: Figures,
+    pub invariant_holds: bool,
+}
+
+/// How long status figures are kept and shown.
+pub const STATUS_RETENTION_DAYS: i64 = 90;
+
+/// Builds the status from the runs (any order), the items not imported and the health record.
+pub fn status(
+    connector: &str,
+    runs: &[Run],
+    not_imported: Vec<NotImported>,
+    health: &HealthRecord,
+    now: DateTime<Utc>,
+    alert_after_days: i64,
+) -> Status {
+    let horizon = now - Duration::days(STATUS_RETENTION_DAYS);
+    let mut recent: Vec<&Run> = runs.iter().filter(|r| r.requested_at >= horizon).collect();
+    recent.sort_by_key(|r| r.requested_at);
+
+    let mut days: BTreeMap<NaiveDate, (usize, Figures)> = BTreeMap::new();
+    for run in &recent {
+        let day = days.entry(run.requested_at.date_naive()).or_default();
+        day.0 += 1;
+        day.1.add(&run.figures);
+    }
+    let days = days
+        .into_iter()
+        .map(|(day, (runs, figures))| DayFigures {
+            day,
+            runs,
+            figures,
+            invariant_holds: figures.invariant_holds(),
+        })
+        .collect();
+
+    let last_successful_run = recent
+        .iter()
+        .filter(|r| r.state == RunState::Succeeded)
+        .filter_map(|r| r.finished_at)
+        .max();
+    let last_items = recent
+        .iter()
+        .filter(|r| r.figures.fetched > 0)
+        .map(|r| r.requested_at)
+        .max()
+        .or_else(|| recent.first().map(|r| r.requested_at));
+    let days_without_items = last_items.map(|t| (now - t).num_days());
+    Status {
+        connector: connector.to_string(),
+        health: Health {
+            last_successful_run,
+            source_login_failure: health.login_failure.clone(),
+            days_without_items,
+            no_items_alert: days_without_items.is_some_and(|d| d >= alert_after_days),
+        },
+        runs: recent.iter().rev().map(|r| r.view()).collect(),
+        days,
+        not_imported: not_imported
+            .into_iter()
+            .filter(|item| item.at >= horizon)
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t: &str) -> DateTime<Utc> {
+        t.parse().unwrap()
+    }
+
+    fn run(id: &str, requested: &str, state: RunState, figures: Figures) -> Run {
+        Run {
+            id: id.into(),
+            connector: "c".into(),
+            trigger: RunTrigger::Timer,
+            since: None,
+            until: None,
+            state,
+            requested_at: at(requested),
+            started_at: Some(at(requested)),
+            finished_at: Some(at(requested) + Duration::minutes(5)),
+            figures,
+            error: None,
+        }
+    }
+
+    fn figures(fetched: u64, available: u64, imported: u64, failed: u64) -> Figures {
+        Figures {
+            fetched,
+            available_for_import: available,
+            imported,
+            failed,
+            ..Figures::default()
+        }
+    }
+
+    #[test]
+    fn groups_runs_by_day_and_checks_the_invariant() {
+        let runs = vec![
+            run(
+                "r1",
+                "2026-11-24T02:00:00Z",
+                RunState::Succeeded,
+                figures(10, 12, 12, 0),
+            ),
+            run(
+                "r2",
+                "2026-11-25T02:00:00Z",
+                RunState::Succeeded,
+                figures(5, 6, 5, 1),
+            ),
+            run(
+                "r3",
+                "2026-11-25T09:00:00Z",
+                RunState::Failed,
+                figures(1, 2, 0, 2),
+            ),
+        ];
+        let s = status(
+            "c",
+            &runs,
+            vec![],
+            &HealthRecord::default(),
+            at("2026-11-26T03:00:00Z"),
+            3,
+        );
+        assert_eq!(s.days.len(), 2);
+        assert_eq!(s.days[1].runs, 2);
+        assert_eq!(s.days[1].figures.available_for_import, 8);
+        assert_eq!(s.days[1].figures.failed, 3);
+        assert!(s.days.iter().all(|d| d.invariant_holds));
+        assert_eq!(s.runs[0]["id"], "r3", "newest first");
+        assert_eq!(
+            s.health.last_successful_run,
+            Some(at("2026-11-25T02:05:00Z"))
+        );
+        assert_eq!(s.health.days_without_items, Some(0));
+        assert!(!s.health.no_items_alert);
+
+        let broken = vec![run(
+            "r4",
+            "2026-11-25T02:00:00Z",
+            RunState::Succeeded,
+            figures(5, 6, 4, 1),
+        )];
+        let s = status(
+            "c",
+            &broken,
+            vec![],
+            &HealthRecord::default(),
+            at("2026-11-26T03:00:00Z"),
+            3,
+        );
+        assert!(!s.days[0].invariant_holds);
+        assert_eq!(s.runs[0]["invariant_holds"], false);
+    }
+
+    #[test]
+    fn raises_the_no_items_flag_and_drops_what_is_older_than_90_days() {
+        let runs = vec![
+            run(
+                "old",
+                "2026-07-01T02:00:00Z",
+                RunState::Succeeded,
+                figures(9, 9, 9, 0),
+            ),
+            run(
+                "a",
+                "2026-11-20T02:00:00Z",
+                RunState::Succeeded,
+                figures(3, 3, 3, 0),
+            ),
+            run(
+                "b",
+                "2026-11-21T02:00:00Z",
+                RunState::Succeeded,
+                figures(0, 0, 0, 0),
+            ),
+        ];
+        let s = status(
+            "c",
+            &runs,
+            vec![],
+            &HealthRecord::default(),
+            at("2026-11-26T03:00:00Z"),
+            3,
+        );
+        assert_eq!(s.runs.len(), 2);
+        assert_eq!(s.health.days_without_items, Some(6));
+        assert!(s.health.no_items_alert);
+    }
+
+    #[test]
+    fn run_requests_are_empty_or_a_whole_past_window() {
+        let now = at("2026-11-26T12:00:00Z");
+        assert!(parse_run_request(b"", now).unwrap().since.is_none());
+        assert!(parse_run_request(b"{}", now).unwrap().since.is_none());
+        let window = br#"{"since":"2026-11-20T00:00:00Z","until":"2026-11-21T00:00:00Z"}"#;
+        assert_eq!(
+            parse_run_request(window, now).unwrap().until,
+            Some(at("2026-11-21T00:00:00Z"))
+        );
+        assert_eq!(
+            parse_run_request(br#"{"since":"2026-11-20T00:00:00Z"}"#, now).unwrap_err(),
+            RunRequestError::HalfWindow
+        );
+        let reversed = br#"{"since":"2026-11-21T00:00:00Z","until":"2026-11-20T00:00:00Z"}"#;
+        assert_eq!(
+            parse_run_request(reversed, now).unwrap_err(),
+            RunRequestError::EmptyWindow
+        );
+        let future = br#"{"since":"2026-11-26T00:00:00Z","until":"2026-11-27T00:00:00Z"}"#;
+        assert_eq!(
+            parse_run_request(future, now).unwrap_err(),
+            RunRequestError::FutureWindow
+        );
+        assert!(matches!(
+            parse_run_request(br#"{"from":"x"}"#, now),
+            Err(RunRequestError::BadBody(_))
+        ));
+        assert!(matches!(
+            parse_run_request(br#"{"since":"yesterday","until":"today"}"#, now),
+            Err(RunRequestError::BadBody(_))
+        ));
+    }
+
+    #[test]
+    fn run_ids_sort_by_time() {
+        let a = run_id(at("2026-11-25T02:00:00Z"), "x9");
+        let b = run_id(at("2026-11-26T02:00:00Z"), "a0");
+        assert!(a < b);
+        assert_eq!(a, "r-20261125T020000Z-x9");
+    }
+}

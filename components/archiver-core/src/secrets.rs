@@ -1,0 +1,146 @@
+//! Secrets at rest and at the door: AEAD sealing with the `staging_key`, and the admin token
+//! compared in constant time.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use subtle::ConstantTimeEq;
+
+/// Bytes of an AES-GCM nonce; the caller draws them at random for every sealing.
+pub const NONCE_BYTES: usize = 12;
+
+/// A 256-bit key. Its `Debug` never shows the key.
+#[derive(Clone)]
+pub struct SecretKey([u8; 32]);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(..)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("the key must be 64 hex digits (32 bytes)")]
+    BadKey,
+    #[error("the sealed value is damaged, or was sealed with another key or for another owner")]
+    CannotOpen,
+}
+
+impl std::str::FromStr for SecretKey {
+    type Err = SecretError;
+
+    fn from_str(hex_key: &str) -> Result<Self, Self::Err> {
+        let bytes = hex::decode(hex_key.trim()).map_err(|_| SecretError::BadKey)?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| SecretError::BadKey)?;
+        Ok(SecretKey(key))
+    }
+}
+
+/// Encrypts and authenticates `plaintext`, bound to `owner` (e.g. the connector id) so a sealed
+/// value copied to another owner does not open. Returns base64 of nonce and ciphertext.
+pub fn seal(key: &SecretKey, nonce: [u8; NONCE_BYTES], owner: &str, plaintext: &[u8]) -> String {
+    let cipher = Aes256Gcm::new((&key.0).into());
+    let payload = Payload {
+        msg: plaintext,
+        aad: owner.as_bytes(),
+    };
+    // Encryption fails only for inputs beyond AES-GCM's 64 GiB limit, which no caller has.
+    let ciphertext = cipher
+        .encrypt(Nonce::from_slice(&nonce), payload)
+        .unwrap_or_default();
+    let mut sealed = nonce.to_vec();
+    sealed.extend_from_slice(&ciphertext);
+    BASE64.encode(sealed)
+}
+
+/// Opens what [`seal`] produced for the same key and owner.
+pub fn open(key: &SecretKey, owner: &str, sealed: &str) -> Result<Vec<u8>, SecretError> {
+    let bytes = BASE64.decode(sealed).map_err(|_| SecretError::CannotOpen)?;
+    if bytes.len() < NONCE_BYTES {
+        return Err(SecretError::CannotOpen);
+    }
+    let (nonce, ciphertext) = bytes.split_at(NONCE_BYTES);
+    let cipher = Aes256Gcm::new((&key.0).into());
+    cipher
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: owner.as_bytes(),
+            },
+        )
+        .map_err(|_| SecretError::CannotOpen)
+}
+
+/// Whether an `Authorization` header carries `Bearer <expected>`. The comparison takes the same
+/// time whatever the presented token, so timing reveals nothing of the expected one.
+pub fn bearer_matches(authorization: Option<&str>, expected: &str) -> bool {
+    let presented = authorization
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let same = presented.as_bytes().ct_eq(expected.as_bytes());
+    bool::from(same) && !expected.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SecretKey {
+        "11".repeat(32).parse().unwrap()
+    }
+
+    #[test]
+    fn sealed_values_open_only_with_the_same_key_and_owner() {
+        let sealed = seal(&key(), [7; NONCE_BYTES], "att-main", b"hunter2");
+        assert!(!sealed.contains("hunter2"));
+        assert_eq!(open(&key(), "att-main", &sealed).unwrap(), b"hunter2");
+        assert_eq!(
+            open(&key(), "att-other", &sealed),
+            Err(SecretError::CannotOpen)
+        );
+        let other: SecretKey = "22".repeat(32).parse().unwrap();
+        assert_eq!(
+            open(&other, "att-main", &sealed),
+            Err(SecretError::CannotOpen)
+        );
+        let mut tampered = BASE64.decode(&sealed).unwrap();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            open(&key(), "att-main", &BASE64.encode(tampered)),
+            Err(SecretError::CannotOpen)
+        );
+        assert_eq!(
+            open(&key(), "att-main", "not base64!"),
+            Err(SecretError::CannotOpen)
+        );
+    }
+
+    #[test]
+    fn keys_are_64_hex_digits_and_never_printed() {
+        assert!("ab".repeat(31).parse::<SecretKey>().is_err());
+        assert!("zz".repeat(32).parse::<SecretKey>().is_err());
+        assert_eq!(format!("{:?}", key()), "SecretKey(..)");
+    }
+
+    #[test]
+    fn bearer_token_must_match_exactly() {
+        assert!(bearer_matches(Some("Bearer s3cret"), "s3cret"));
+        for wrong in [
+            None,
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret "),
+            Some("s3cret"),
+            Some("Basic s3cret"),
+            Some("bearer s3cret"),
+        ] {
+            assert!(!bearer_matches(wrong, "s3cret"), "{wrong:?}");
+        }
+        assert!(
+            !bearer_matches(Some("Bearer "), ""),
+            "an empty token opens nothing"
+        );
+    }
+}

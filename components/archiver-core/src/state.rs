@@ -1,0 +1,394 @@
+//! The shared state in the key-value store: its key layout and its typed records.
+//!
+//! No path scans all keys (`get-keys` returns the whole store): explicit index keys list what
+//! exists. Values stay small: large ones are split into chunks of at most [`CHUNK_BYTES`], read
+//! through a pointer key written last, so a reader sees the old value or the new one, never a mix.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `connectors` | JSON list of connector ids |
+//! | `connector/{id}` | the [`Connector`] |
+//! | `connector/{id}/mapping` | [`MappingPointer`] to the mapping in effect |
+//! | `connector/{id}/mapping/{version}/{n}` | chunk `n` of that version's CSV |
+//! | `connector/{id}/runs` | JSON list of run ids, oldest first |
+//! | `connector/{id}/health` | [`HealthRecord`] |
+//! | `run/{id}/{run}` | the [`Run`] |
+//! | `run/{id}/{run}/not-imported` | JSON list of [`NotImported`] |
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::connector::Connector;
+use crate::digest::sha256_hex;
+use crate::mapping::{MappingTable, parse_mapping_csv};
+use crate::phone::Region;
+use crate::runs::{HealthRecord, NotImported, Run};
+
+/// Largest value written, so any backend (DynamoDB caps at 400 KB) takes it.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// A failure of the store itself, or a record it holds that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key-value store: {0}")]
+pub struct StoreError(pub String);
+
+/// The key-value operations the core needs; the component implements them on Spin's store.
+pub trait KeyValue {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// Where the mapping in effect lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingPointer {
+    pub version: u64,
+    pub chunks: usize,
+    pub sha256: String,
+    pub entries: usize,
+    pub uploaded_at: DateTime<Utc>,
+}
+
+/// Typed access to the state.
+pub struct State<'a, K: KeyValue> {
+    kv: &'a K,
+}
+
+const CONNECTORS: &str = "connectors";
+
+fn connector_key(id: &str) -> String {
+    format!("connector/{id}")
+}
+
+fn mapping_key(id: &str) -> String {
+    format!("connector/{id}/mapping")
+}
+
+fn chunk_key(id: &str, version: u64, n: usize) -> String {
+    format!("connector/{id}/mapping/{version}/{n}")
+}
+
+fn runs_key(id: &str) -> String {
+    format!("connector/{id}/runs")
+}
+
+fn health_key(id: &str) -> String {
+    format!("connector/{id}/health")
+}
+
+fn run_key(id: &str, run: &str) -> String {
+    format!("run/{id}/{run}")
+}
+
+fn not_imported_key(id: &str, run: &str) -> String {
+    format!("run/{id}/{run}/not-imported")
+}
+
+impl<'a, K: KeyValue> State<'a, K> {
+    pub fn new(kv: &'a K) -> Self {
+        State { kv }
+    }
+
+    fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        match self.kv.get(key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError(format!("record {key} is unreadable: {e}"))),
+        }
+    }
+
+    fn write<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError(e.to_string()))?;
+        self.kv.set(key, &bytes)
+    }
+
+    pub fn connector_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.read(CONNECTORS)?.unwrap_or_default())
+    }
+
+    pub fn connector(&self, id: &str) -> Result<Option<Connector>, StoreError> {
+        self.read(&connector_key(id))
+    }
+
+    pub fn connectors(&self) -> Result<Vec<Connector>, StoreError> {
+        let mut connectors = Vec::new();
+        for id in self.connector_ids()? {
+            if let Some(connector) = self.connector(&id)? {
+                connectors.push(connector);
+            }
+        }
+        Ok(connectors)
+    }
+
+    /// Saves the record first and lists it second: a crash between leaves an unlisted record
+    /// that the next save of the same id lists, never a listed id without a record.
+    pub fn put_connector(&self, connector: &Connector) -> Result<(), StoreError> {
+        self.write(&connector_key(&connector.id), connector)?;
+        let mut ids = self.connector_ids()?;
+        if !ids.contains(&connector.id) {
+            ids.push(connector.id.clone());
+            self.write(CONNECTORS, &ids)?;
+        }
+        Ok(())
+    }
+
+    /// Unlists first, then removes the record and its mapping. Run history stays for audit.
+    pub fn delete_connector(&self, id: &str) -> Result<bool, StoreError> {
+        let mut ids = self.connector_ids()?;
+        let listed = ids.iter().any(|known| known == id);
+        ids.retain(|known| known != id);
+        if listed {
+            self.write(CONNECTORS, &ids)?;
+        }
+        let existed = self.kv.get(&connector_key(id))?.is_some();
+        if let Some(pointer) = self.read::<MappingPointer>(&mapping_key(id))? {
+            self.kv.delete(&mapping_key(id))?;
+            self.delete_chunks(id, pointer.version, pointer.chunks)?;
+        }
+        self.kv.delete(&connector_key(id))?;
+        Ok(listed || existed)
+    }
+
+    fn delete_chunks(&self, id: &str, version: u64, chunks: usize) -> Result<(), StoreError> {
+        for n in 0..chunks {
+            self.kv.delete(&chunk_key(id, version, n))?;
+        }
+        Ok(())
+    }
+
+    pub fn mapping_pointer(&self, id: &str) -> Result<Option<MappingPointer>, StoreError> {
+        self.read(&mapping_key(id))
+    }
+
+    /// The mapping in effect as CSV, checked against its digest.
+    pub fn mapping_csv(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let Some(pointer) = self.mapping_pointer(id)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        for n in 0..pointer.chunks {
+            let chunk = self
+                .kv
+                .get(&chunk_key(id, pointer.version, n))?
+                .ok_or_else(|| StoreError(format!("mapping of {id}: chunk {n} is missing")))?;
+            bytes.extend_from_slice(&chunk);
+        }
+        if sha256_hex(&bytes) != pointer.sha256 {
+            return Err(StoreError(format!(
+                "mapping of {id} changed while it was read"
+            )));
+        }
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| StoreError(format!("mapping of {id} is not UTF-8")))
+    }
+
+    /// The mapping in effect, parsed.
+    pub fn mapping(&self, id: &str, region: Region) -> Result<MappingTable, StoreError> {
+        match self.mapping_csv(id)? {
+            None => Ok(MappingTable::default()),
+            Some(csv) => parse_mapping_csv(csv.as_bytes(), region)
+                .map_err(|e| StoreError(format!("stored mapping of {id}: {e}"))),
+        }
+    }
+
+    /// Replaces the mapping: the new version's chunks first, then the pointer (the one write a
+    /// reader sees switch), then the old chunks. A reader that still holds the old pointer when
+    /// its chunks go finds them missing or mismatched, and reads again: never a mix.
+    pub fn replace_mapping(
+        &self,
+        id: &str,
+        table: &MappingTable,
+        now: DateTime<Utc>,
+    ) -> Result<MappingPointer, StoreError> {
+        let csv = table.to_csv();
+        let previous = self.mapping_pointer(id)?;
+        let version = previous.as_ref().map_or(1, |p| p.version + 1);
+        let chunks: Vec<&[u8]> = csv.as_bytes().chunks(CHUNK_BYTES).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
+            self.kv.set(&chunk_key(id, version, n), chunk)?;
+        }
+        let pointer = MappingPointer {
+            version,
+            chunks: chunks.len(),
+            sha256: sha256_hex(csv.as_bytes()),
+            entries: table.len(),
+            uploaded_at: now,
+        };
+        self.write(&mapping_key(id), &pointer)?;
+        if let Some(previous) = previous {
+            self.delete_chunks(id, previous.version, previous.chunks)?;
+        }
+        Ok(pointer)
+    }
+
+    pub fn run_ids(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.read(&runs_key(id))?.unwrap_or_default())
+    }
+
+    pub fn run(&self, id: &str, run: &str) -> Result<Option<Run>, StoreError> {
+        self.read(&run_key(id, run))
+    }
+
+    pub fn runs(&self, id: &str) -> Result<Vec<Run>, StoreError> {
+        let mut runs = Vec::new();
+        for run in self.run_ids(id)? {
+            if let Some(run) = self.run(id, &run)? {
+                runs.push(run);
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Saves a run, listing it under its connector the first time.
+    pub fn put_run(&self, run: &Run) -> Result<(), StoreError> {
+        self.write(&run_key(&run.connector, &run.id), run)?;
+        let mut ids = self.run_ids(&run.connector)?;
+        if !ids.contains(&run.id) {
+            ids.push(run.id.clone());
+            self.write(&runs_key(&run.connector), &ids)?;
+        }
+        Ok(())
+    }
+
+    pub fn not_imported(&self, id: &str, run: &str) -> Result<Vec<NotImported>, StoreError> {
+        Ok(self.read(&not_imported_key(id, run))?.unwrap_or_default())
+    }
+
+    pub fn put_not_imported(
+        &self,
+        id: &str,
+        run: &str,
+        items: &[NotImported],
+    ) -> Result<(), StoreError> {
+        self.write(&not_imported_key(id, run), &items)
+    }
+
+    pub fn health(&self, id: &str) -> Result<HealthRecord, StoreError> {
+        Ok(self.read(&health_key(id))?.unwrap_or_default())
+    }
+
+    pub fn put_health(&self, id: &str, health: &HealthRecord) -> Result<(), StoreError> {
+        self.write(&health_key(id), health)
+    }
+}
+
+/// A key-value store in memory, for tests and tools.
+#[derive(Debug, Default)]
+pub struct MemoryStore(std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>);
+
+impl MemoryStore {
+    pub fn keys(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl KeyValue for MemoryStore {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let map = self.0.lock().map_err(|_| StoreError("poisoned".into()))?;
+        Ok(map.get(key).cloned())
+    }
+
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut map = self.0.lock().map_err(|_| StoreError("poisoned".into()))?;
+        map.insert(key.to_string(), value.to_vec());
+        Ok(())
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let mut map = self.0.lock().map_err(|_| StoreError("poisoned".into()))?;
+        map.remove(key);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(rows: usize) -> MappingTable {
+        let mut csv = String::from("phone,email\n");
+        for i in 0..rows {
+            let mailbox =
+                format!("user{i}.with.a.long.mailbox.name.for.chunking@subsidiary.acme.example");
+            csv.push_str(&format!("+1202555{i:04},{mailbox}\n"));
+        }
+        parse_mapping_csv(csv.as_bytes(), Region::US).unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-26T12:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn a_large_mapping_is_chunked_and_replaced_without_leftovers() {
+        let store = MemoryStore::default();
+        let state = State::new(&store);
+        let big = table(4000);
+        let pointer = state.replace_mapping("c", &big, now()).unwrap();
+        assert!(pointer.chunks > 1, "{pointer:?}");
+        assert!(
+            store
+                .keys()
+                .iter()
+                .all(|k| store.get(k).unwrap().unwrap().len() <= CHUNK_BYTES)
+        );
+        assert_eq!(state.mapping("c", Region::US).unwrap(), big);
+
+        let small = table(3);
+        state.replace_mapping("c", &small, now()).unwrap();
+        assert_eq!(state.mapping("c", Region::US).unwrap(), small);
+        let chunk_keys: Vec<String> = store
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("connector/c/mapping/"))
+            .collect();
+        assert_eq!(chunk_keys, ["connector/c/mapping/2/0"]);
+    }
+
+    #[test]
+    fn a_reader_holding_an_old_pointer_never_gets_a_mix() {
+        let store = MemoryStore::default();
+        let state = State::new(&store);
+        state.replace_mapping("c", &table(4000), now()).unwrap();
+        let old = state.mapping_pointer("c").unwrap().unwrap();
+        state.replace_mapping("c", &table(3900), now()).unwrap();
+        // A chunk of the old version read now is gone; the reader must start again.
+        assert_eq!(store.get(&chunk_key("c", old.version, 1)).unwrap(), None);
+    }
+
+    #[test]
+    fn deleting_a_connector_removes_it_and_its_mapping_but_keeps_runs() {
+        let store = MemoryStore::default();
+        let state = State::new(&store);
+        let connector = Connector {
+            id: "c".into(),
+            display_name: "C".into(),
+            network: "AT&T".into(),
+            source_url: "https://a.example".into(),
+            username: "u".into(),
+            password_sealed: "sealed".into(),
+            folder: "F".into(),
+            automatic_mapping: true,
+            enabled: true,
+            account_id: "a".into(),
+            organization: "o".into(),
+            created_at: now(),
+            updated_at: now(),
+        };
+        state.put_connector(&connector).unwrap();
+        state.put_connector(&connector).unwrap();
+        assert_eq!(state.connector_ids().unwrap(), ["c"]);
+        state.replace_mapping("c", &table(2), now()).unwrap();
+        assert!(state.delete_connector("c").unwrap());
+        assert!(state.connectors().unwrap().is_empty());
+        assert_eq!(store.keys(), ["connectors"]);
+        assert_eq!(state.connector_ids().unwrap(), Vec::<String>::new());
+        assert!(!state.delete_connector("c").unwrap());
+    }
+}
