@@ -29,9 +29,11 @@ mod host;
 mod kv;
 pub mod manifest;
 mod outbound;
+mod simulator;
 mod variables;
 
 pub use host::{App, AppBuilder, SimulatedCrash, TestResponse, is_interrupted, is_simulated_crash};
+pub use simulator::SourceSimulator;
 
 use anyhow::Context;
 

@@ -3,4 +3,5 @@
 mod app;
 mod host;
 mod manifest_checks;
+mod setup;
 mod util;

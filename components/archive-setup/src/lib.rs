@@ -1,29 +1,88 @@
 //! The admin's HTTP API under `/api`: connectors, mapping upload, runs and status.
+//!
+//! One path: authenticate, route, call the core, write the key-value store, answer. Errors are
+//! mapped to a status and body once, by the core's `ApiError`.
 
-use spin_sdk::http::{IntoResponse, Params, Request, Response, Router};
+mod config;
+mod handlers;
+mod store;
+
+use archiver_core::api::ApiError;
+use archiver_core::secrets::bearer_matches;
+use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
 
+use crate::config::Config;
+
 #[http_component]
-fn handle_setup(request: Request) -> Response {
-    let mut router = Router::new();
-    router.get("/api/health", health);
-    router.any("/api/*", not_found);
-    router.handle(request)
+async fn handle_setup(request: Request) -> Response {
+    match route(&request).await {
+        Ok(response) => response,
+        Err(error) => {
+            if error.status() >= 500 {
+                eprintln!("setup: {} {}: {error}", request.method(), request.path());
+            }
+            json(error.status(), &error.body())
+        }
+    }
 }
 
-fn health(_request: Request, _params: Params) -> anyhow::Result<impl IntoResponse> {
-    Ok(json(200, &serde_json::json!({ "status": "ok" })))
+async fn route(request: &Request) -> Result<Response, ApiError> {
+    let config = Config::load().map_err(ApiError::Config)?;
+    let authorization = request.header("authorization").and_then(|v| v.as_str());
+    if !bearer_matches(authorization, &config.admin_token) {
+        return Err(ApiError::Unauthorized);
+    }
+    let path = request.path();
+    let rest = path
+        .strip_prefix("/api")
+        .unwrap_or(path)
+        .trim_end_matches('/');
+    let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    let method = request.method();
+    let not_allowed = || Err(ApiError::MethodNotAllowed(method.to_string()));
+    match segments.as_slice() {
+        ["health"] => match method {
+            Method::Get => Ok(json(200, &serde_json::json!({ "status": "ok" }))),
+            _ => not_allowed(),
+        },
+        ["connectors"] => match method {
+            Method::Get => handlers::list_connectors(),
+            _ => not_allowed(),
+        },
+        ["connectors", id] => match method {
+            Method::Get => handlers::get_connector(id),
+            Method::Put => handlers::put_connector(&config, id, request).await,
+            Method::Delete => handlers::delete_connector(id),
+            _ => not_allowed(),
+        },
+        ["connectors", id, "mapping"] => match method {
+            Method::Get => handlers::get_mapping(&config, id),
+            Method::Put => handlers::put_mapping(&config, id, request),
+            _ => not_allowed(),
+        },
+        ["connectors", id, "runs"] => match method {
+            Method::Get => handlers::list_runs(id),
+            Method::Post => handlers::start_run(id, request),
+            _ => not_allowed(),
+        },
+        ["connectors", id, "runs", run] => match method {
+            Method::Get => handlers::get_run(id, run),
+            _ => not_allowed(),
+        },
+        ["connectors", id, "status"] => match method {
+            Method::Get => handlers::status(id, request.query()),
+            _ => not_allowed(),
+        },
+        _ => Err(ApiError::NoRoute(format!("{method} {path}"))),
+    }
 }
 
-fn not_found(request: Request, _params: Params) -> anyhow::Result<impl IntoResponse> {
-    let error = format!("no route for {} {}", request.method(), request.path());
-    Ok(json(404, &serde_json::json!({ "error": error })))
-}
-
-fn json(status: u16, body: &serde_json::Value) -> Response {
+pub(crate) fn json(status: u16, body: &serde_json::Value) -> Response {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
+        .header("cache-control", "no-store")
         .body(body.to_string())
         .build()
 }

@@ -162,27 +162,42 @@ impl<'a, K: KeyValue> State<'a, K> {
         self.read(&mapping_key(id))
     }
 
-    /// The mapping in effect as CSV, checked against its digest.
+    /// The mapping in effect as CSV, checked against its digest. A replacement racing this read
+    /// makes it start again from the new pointer, so it returns the old or the new mapping whole.
     pub fn mapping_csv(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let Some(pointer) = self.mapping_pointer(id)? else {
-            return Ok(None);
-        };
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            let Some(pointer) = self.mapping_pointer(id)? else {
+                return Ok(None);
+            };
+            if let Some(bytes) = self.read_chunks(id, &pointer)? {
+                return String::from_utf8(bytes)
+                    .map(Some)
+                    .map_err(|_| StoreError(format!("mapping of {id} is not UTF-8")));
+            }
+            if self.mapping_pointer(id)?.as_ref() == Some(&pointer) {
+                return Err(StoreError(format!("mapping of {id} is damaged")));
+            }
+        }
+        Err(StoreError(format!(
+            "mapping of {id} kept changing while it was read"
+        )))
+    }
+
+    /// The chunks of one version, or `None` if they are gone or do not match the pointer.
+    fn read_chunks(
+        &self,
+        id: &str,
+        pointer: &MappingPointer,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut bytes = Vec::new();
         for n in 0..pointer.chunks {
-            let chunk = self
-                .kv
-                .get(&chunk_key(id, pointer.version, n))?
-                .ok_or_else(|| StoreError(format!("mapping of {id}: chunk {n} is missing")))?;
-            bytes.extend_from_slice(&chunk);
+            match self.kv.get(&chunk_key(id, pointer.version, n))? {
+                Some(chunk) => bytes.extend_from_slice(&chunk),
+                None => return Ok(None),
+            }
         }
-        if sha256_hex(&bytes) != pointer.sha256 {
-            return Err(StoreError(format!(
-                "mapping of {id} changed while it was read"
-            )));
-        }
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| StoreError(format!("mapping of {id} is not UTF-8")))
+        Ok((sha256_hex(&bytes) == pointer.sha256).then_some(bytes))
     }
 
     /// The mapping in effect, parsed.

@@ -1,0 +1,266 @@
+//! One function per route: read the request, call the core, write the state, answer.
+
+use archiver_core::api::{ApiError, MAX_CSV_BYTES, MAX_JSON_BYTES};
+use archiver_core::connector::{self, Connector, DEFAULT_FOLDER, check_id};
+use archiver_core::mapping::parse_mapping_csv;
+use archiver_core::runs::{self, Run, RunState, RunTrigger, parse_run_request, run_id};
+use archiver_core::secrets::{self, NONCE_BYTES};
+use archiver_core::source_client::{SourceError, account_request, read_account_response};
+use archiver_core::state::State;
+use chrono::Utc;
+use spin_sdk::http::{Method, Request, Response};
+
+use crate::config::Config;
+use crate::json;
+use crate::store::SpinStore;
+
+/// Days without any fetched item after which the status raises its alert, unless the request
+/// says `?quiet_days=N`.
+const DEFAULT_QUIET_DAYS: i64 = 3;
+
+fn with_state<T>(f: impl FnOnce(&State<SpinStore>) -> Result<T, ApiError>) -> Result<T, ApiError> {
+    let store = SpinStore::open()?;
+    f(&State::new(&store))
+}
+
+fn existing(state: &State<SpinStore>, id: &str) -> Result<Connector, ApiError> {
+    check_id(id)?;
+    state
+        .connector(id)?
+        .ok_or_else(|| ApiError::NoSuchConnector(id.to_string()))
+}
+
+/// The body, if its content type and size are what the route takes.
+fn body<'r>(
+    request: &'r Request,
+    expected: &'static str,
+    limit: usize,
+) -> Result<&'r [u8], ApiError> {
+    let content_type = request
+        .header("content-type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case(expected) {
+        return Err(ApiError::UnsupportedMediaType {
+            expected,
+            got: content_type.to_string(),
+        });
+    }
+    let declared = request
+        .header("content-length")
+        .and_then(|v| v.as_str())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.unwrap_or(0) > limit || request.body().len() > limit {
+        return Err(ApiError::TooLarge { limit });
+    }
+    Ok(request.body())
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::Config(format!("no randomness: {e}")))?;
+    Ok(bytes)
+}
+
+pub fn list_connectors() -> Result<Response, ApiError> {
+    with_state(|state| {
+        let views: Vec<_> = state.connectors()?.iter().map(Connector::view).collect();
+        Ok(json(200, &serde_json::json!({ "connectors": views })))
+    })
+}
+
+pub fn get_connector(id: &str) -> Result<Response, ApiError> {
+    with_state(|state| Ok(json(200, &existing(state, id)?.view())))
+}
+
+pub fn delete_connector(id: &str) -> Result<Response, ApiError> {
+    check_id(id)?;
+    with_state(|state| {
+        if state.delete_connector(id)? {
+            Ok(Response::new(204, ()))
+        } else {
+            Err(ApiError::NoSuchConnector(id.to_string()))
+        }
+    })
+}
+
+/// Creates or updates a connector, after the archive confirmed its credentials.
+pub async fn put_connector(
+    config: &Config,
+    id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    check_id(id)?;
+    let input = connector::parse_input(body(request, "application/json", MAX_JSON_BYTES)?)?;
+    let store = SpinStore::open()?;
+    let state = State::new(&store);
+    let previous = state.connector(id)?;
+    let password = match (&input.password, &previous) {
+        (Some(password), _) => password.clone(),
+        (None, Some(previous)) => {
+            let opened = secrets::open(&config.staging_key, id, &previous.password_sealed)
+                .map_err(|_| ApiError::NoStoredPassword)?;
+            String::from_utf8(opened).map_err(|_| ApiError::NoStoredPassword)?
+        }
+        (None, None) => return Err(connector::ConnectorError::PasswordRequired.into()),
+    };
+    let base = connector::source_base(&input.source_url)?;
+    if connector::origin(&base).to_ascii_lowercase() != config.source_origin {
+        return Err(ApiError::SourceNotAllowed {
+            allowed: config.source_origin.clone(),
+        });
+    }
+    let account = check_account(&base, &input.username, &password).await?;
+
+    let now = Utc::now();
+    let saved = Connector {
+        id: id.to_string(),
+        display_name: input.display_name,
+        network: input.network,
+        source_url: base,
+        username: input.username,
+        password_sealed: secrets::seal(
+            &config.staging_key,
+            random_bytes::<NONCE_BYTES>()?,
+            id,
+            password.as_bytes(),
+        ),
+        folder: input
+            .folder
+            .or_else(|| previous.as_ref().map(|p| p.folder.clone()))
+            .unwrap_or_else(|| DEFAULT_FOLDER.to_string()),
+        automatic_mapping: input.automatic_mapping,
+        enabled: input
+            .enabled
+            .or_else(|| previous.as_ref().map(|p| p.enabled))
+            .unwrap_or(true),
+        account_id: account.account_id,
+        organization: account.organization,
+        created_at: previous.as_ref().map_or(now, |p| p.created_at),
+        updated_at: now,
+    };
+    state.put_connector(&saved)?;
+    let status = if previous.is_some() { 200 } else { 201 };
+    Ok(json(status, &saved.view()))
+}
+
+/// `GET /v1/account` with the credentials: the wizard's "Login to the archive" step.
+async fn check_account(
+    base: &str,
+    username: &str,
+    password: &str,
+) -> Result<archiver_core::source::Account, ApiError> {
+    let spec = account_request(base, username, password);
+    let mut builder = Request::builder();
+    builder.method(Method::Get).uri(spec.url);
+    for (name, value) in spec.headers {
+        builder.header(name, value);
+    }
+    let response: Response = spin_sdk::http::send(builder.build())
+        .await
+        .map_err(|e| ApiError::Source(SourceError::Unreachable(e.to_string())))?;
+    read_account_response(*response.status(), response.body()).map_err(ApiError::Source)
+}
+
+pub fn get_mapping(config: &Config, id: &str) -> Result<Response, ApiError> {
+    with_state(|state| {
+        existing(state, id)?;
+        let table = state.mapping(id, config.default_region)?;
+        Ok(Response::builder()
+            .status(200)
+            .header("content-type", "text/csv; charset=utf-8")
+            .header("cache-control", "no-store")
+            .body(table.to_csv())
+            .build())
+    })
+}
+
+pub fn put_mapping(config: &Config, id: &str, request: &Request) -> Result<Response, ApiError> {
+    with_state(|state| {
+        existing(state, id)?;
+        let csv = body(request, "text/csv", MAX_CSV_BYTES)?;
+        let table = parse_mapping_csv(csv, config.default_region).map_err(ApiError::Mapping)?;
+        let pointer = state.replace_mapping(id, &table, Utc::now())?;
+        Ok(json(
+            200,
+            &serde_json::to_value(pointer).unwrap_or_default(),
+        ))
+    })
+}
+
+pub fn start_run(id: &str, request: &Request) -> Result<Response, ApiError> {
+    with_state(|state| {
+        existing(state, id)?;
+        let now = Utc::now();
+        let body = if request.body().is_empty() {
+            &[][..]
+        } else {
+            body(request, "application/json", MAX_JSON_BYTES)?
+        };
+        let window = parse_run_request(body, now)?;
+        let run = Run {
+            id: run_id(now, &hex::encode(random_bytes::<4>()?)),
+            connector: id.to_string(),
+            trigger: RunTrigger::Manual,
+            since: window.since,
+            until: window.until,
+            state: RunState::Queued,
+            requested_at: now,
+            started_at: None,
+            finished_at: None,
+            figures: runs::Figures::default(),
+            error: None,
+        };
+        state.put_run(&run)?;
+        Ok(json(202, &run.view()))
+    })
+}
+
+pub fn list_runs(id: &str) -> Result<Response, ApiError> {
+    with_state(|state| {
+        existing(state, id)?;
+        let mut runs = state.runs(id)?;
+        runs.sort_by_key(|run| std::cmp::Reverse(run.requested_at));
+        let views: Vec<_> = runs.iter().map(Run::view).collect();
+        Ok(json(200, &serde_json::json!({ "runs": views })))
+    })
+}
+
+pub fn get_run(id: &str, run_id: &str) -> Result<Response, ApiError> {
+    with_state(|state| {
+        existing(state, id)?;
+        let run = state
+            .run(id, run_id)?
+            .ok_or_else(|| ApiError::NoSuchRun(run_id.to_string()))?;
+        let mut view = run.view();
+        view["not_imported"] =
+            serde_json::to_value(state.not_imported(id, run_id)?).unwrap_or_default();
+        Ok(json(200, &view))
+    })
+}
+
+pub fn status(id: &str, query: &str) -> Result<Response, ApiError> {
+    let quiet_days = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("quiet_days="))
+        .and_then(|days| days.parse().ok())
+        .unwrap_or(DEFAULT_QUIET_DAYS);
+    with_state(|state| {
+        existing(state, id)?;
+        let runs = state.runs(id)?;
+        let mut not_imported = Vec::new();
+        for run in &runs {
+            not_imported.extend(state.not_imported(id, &run.id)?);
+        }
+        let status = runs::status(
+            id,
+            &runs,
+            not_imported,
+            &state.health(id)?,
+            Utc::now(),
+            quiet_days,
+        );
+        Ok(json(200, &serde_json::to_value(status).unwrap_or_default()))
+    })
+}

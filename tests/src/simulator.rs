@@ -1,0 +1,296 @@
+//! The carrier archive, simulated: the source API (version 1) on loopback, for tests and demos.
+//!
+//! It serves `/v1/account`, `/v1/subscribers`, `/v1/messages` (window, paging with opaque
+//! cursors, `limit` capped at 1000) and `/v1/attachments/{id}` (with `Range`), behind HTTP Basic
+//! authentication, and can be told to fail the next requests to a path with a given status.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+const PAGE_DEFAULT: usize = 500;
+const PAGE_MAX: usize = 1000;
+
+#[derive(Default)]
+struct Inner {
+    username: String,
+    password: String,
+    account: Value,
+    subscribers: Vec<Value>,
+    /// Message records as the contract shows them, in any order.
+    messages: Vec<Value>,
+    attachments: BTreeMap<String, (String, Vec<u8>)>,
+    /// Path prefix -> statuses to answer with, one per request, before serving normally.
+    failures: Vec<(String, VecDeque<u16>)>,
+    /// Every request seen: method, path and query, whether it carried valid credentials.
+    requests: Vec<(String, String, bool)>,
+}
+
+/// A running simulator; it stops when the test's runtime ends.
+#[derive(Clone)]
+pub struct SourceSimulator {
+    inner: Arc<Mutex<Inner>>,
+    address: SocketAddr,
+}
+
+impl SourceSimulator {
+    /// Starts on a free loopback port with the given credentials.
+    pub async fn start(username: &str, password: &str) -> SourceSimulator {
+        let inner = Arc::new(Mutex::new(Inner {
+            username: username.to_string(),
+            password: password.to_string(),
+            account: json!({ "account_id": "acme-att-01", "organization": "Acme Corp",
+                "network": "AT&T", "time_zone": "America/New_York" }),
+            ..Inner::default()
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let served = inner.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let inner = served.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let inner = inner.clone();
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                Ok::<_, std::convert::Infallible>(respond(&inner, parts, body))
+                            }
+                        },
+                    );
+                    let io = wasmtime_wasi_http::io::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        SourceSimulator { inner, address }
+    }
+
+    /// The base URL a connector is configured with.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api", self.address)
+    }
+
+    /// `scheme://host:port`, for the `source_origin` variable.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self.inner.lock().expect("simulator lock"))
+    }
+
+    pub fn set_password(&self, password: &str) {
+        self.with(|i| i.password = password.to_string());
+    }
+
+    pub fn add_subscriber(&self, subscriber: Value) {
+        self.with(|i| i.subscribers.push(subscriber));
+    }
+
+    pub fn add_message(&self, message: Value) {
+        self.with(|i| i.messages.push(message));
+    }
+
+    pub fn add_attachment(&self, id: &str, content_type: &str, bytes: Vec<u8>) {
+        self.with(|i| {
+            i.attachments
+                .insert(id.to_string(), (content_type.to_string(), bytes))
+        });
+    }
+
+    /// Answers the next `times` requests whose path starts with `path_prefix` (after the base,
+    /// e.g. `/v1/messages`) with `status`.
+    pub fn fail_next(&self, path_prefix: &str, status: u16, times: usize) {
+        self.with(|i| {
+            i.failures.push((
+                path_prefix.to_string(),
+                std::iter::repeat_n(status, times).collect(),
+            ))
+        });
+    }
+
+    /// The requests seen so far: method, path with query, and whether they were authenticated.
+    pub fn requests(&self) -> Vec<(String, String, bool)> {
+        self.with(|i| i.requests.clone())
+    }
+}
+
+fn response(
+    status: u16,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> hyper::Response<Full<Bytes>> {
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .expect("valid response")
+}
+
+fn json_response(status: u16, body: &Value) -> hyper::Response<Full<Bytes>> {
+    response(status, "application/json; charset=utf-8", body.to_string())
+}
+
+fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn respond(
+    inner: &Mutex<Inner>,
+    parts: http::request::Parts,
+    _body: Bytes,
+) -> hyper::Response<Full<Bytes>> {
+    let mut inner = inner.lock().expect("simulator lock");
+    let path = parts
+        .uri
+        .path()
+        .strip_prefix("/api")
+        .unwrap_or(parts.uri.path())
+        .to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let expected = format!(
+        "Basic {}",
+        BASE64.encode(format!("{}:{}", inner.username, inner.password))
+    );
+    let authenticated = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == expected);
+    inner.requests.push((
+        parts.method.to_string(),
+        format!("{path}?{query}"),
+        authenticated,
+    ));
+
+    for (prefix, statuses) in inner.failures.iter_mut() {
+        if path.starts_with(prefix.as_str())
+            && let Some(status) = statuses.pop_front()
+        {
+            let mut failed = json_response(status, &json!({ "error": "injected failure" }));
+            if status == 429 || status == 503 {
+                failed
+                    .headers_mut()
+                    .insert("retry-after", http::HeaderValue::from_static("1"));
+            }
+            return failed;
+        }
+    }
+    if !authenticated {
+        return json_response(401, &json!({ "error": "bad credentials" }));
+    }
+    if parts.method != http::Method::GET {
+        return json_response(405, &json!({ "error": "method not allowed" }));
+    }
+    match path.as_str() {
+        "/v1/account" => json_response(200, &inner.account),
+        "/v1/subscribers" => {
+            let (page, next) = paginate(&inner.subscribers, &query);
+            json_response(200, &json!({ "subscribers": page, "next_cursor": next }))
+        }
+        "/v1/messages" => messages(&inner.messages, &query),
+        _ => match path.strip_prefix("/v1/attachments/") {
+            Some(id) => attachment(&inner.attachments, id, &parts.headers),
+            None => json_response(404, &json!({ "error": "no such endpoint" })),
+        },
+    }
+}
+
+/// Pages through `items` with an opaque cursor (a base64 offset).
+fn paginate(items: &[Value], query: &str) -> (Vec<Value>, Option<String>) {
+    let limit = query_param(query, "limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(PAGE_DEFAULT)
+        .clamp(1, PAGE_MAX);
+    let offset = query_param(query, "cursor")
+        .and_then(|c| BASE64.decode(c.replace("%3D", "=")).ok())
+        .and_then(|c| String::from_utf8(c).ok())
+        .and_then(|c| c.strip_prefix("o").and_then(|n| n.parse().ok()))
+        .unwrap_or(0usize);
+    let page: Vec<Value> = items.iter().skip(offset).take(limit).cloned().collect();
+    let next = (offset + page.len() < items.len())
+        .then(|| BASE64.encode(format!("o{}", offset + page.len())));
+    (page, next)
+}
+
+fn messages(all: &[Value], query: &str) -> hyper::Response<Full<Bytes>> {
+    let instant = |name: &str| {
+        query_param(query, name)
+            .map(|t| t.replace("%3A", ":").replace("%2B", "+"))
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+    };
+    let (Some(since), Some(until)) = (instant("since"), instant("until")) else {
+        return json_response(
+            400,
+            &json!({ "error": "since and until are required RFC 3339 instants" }),
+        );
+    };
+    let mut window: Vec<Value> = all
+        .iter()
+        .filter(|m| {
+            m["archived_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| since <= t && t < until)
+        })
+        .cloned()
+        .collect();
+    window.sort_by(|a, b| a["archived_at"].as_str().cmp(&b["archived_at"].as_str()));
+    let (page, next) = paginate(&window, query);
+    json_response(200, &json!({ "messages": page, "next_cursor": next }))
+}
+
+fn attachment(
+    attachments: &BTreeMap<String, (String, Vec<u8>)>,
+    id: &str,
+    headers: &http::HeaderMap,
+) -> hyper::Response<Full<Bytes>> {
+    let Some((content_type, bytes)) = attachments.get(id) else {
+        return json_response(404, &json!({ "error": "no such attachment" }));
+    };
+    let range = headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(a, b)| {
+            let start: usize = a.parse().ok()?;
+            let end: usize = if b.is_empty() {
+                bytes.len().checked_sub(1)?
+            } else {
+                b.parse().ok()?
+            };
+            (start <= end && start < bytes.len()).then(|| (start, end.min(bytes.len() - 1)))
+        });
+    match range {
+        None => response(200, content_type, bytes.clone()),
+        Some((start, end)) => {
+            let mut partial = response(206, content_type, bytes[start..=end].to_vec());
+            let content_range = format!("bytes {start}-{end}/{}", bytes.len());
+            partial.headers_mut().insert(
+                "content-range",
+                http::HeaderValue::from_str(&content_range).expect("ascii"),
+            );
+            partial
+        }
+    }
+}
