@@ -11,13 +11,22 @@ fn archiver() -> App {
         .expect("the archiver app loads")
 }
 
+async fn admin_get(app: &App, path: &str) -> archiver_tests::TestResponse {
+    let request = http::Request::get(path)
+        .header("authorization", "Bearer test-admin-token")
+        .body(bytes::Bytes::new())
+        .unwrap();
+    app.send(request).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_api_answers_under_api_and_nothing_else_is_routed() {
     let app = archiver();
-    let health = app.get("/api/health").await.unwrap();
+    let health = admin_get(&app, "/api/health").await;
     assert_eq!(health.status, 200);
     assert_eq!(health.json().unwrap()["status"], "ok");
-    let unknown = app.get("/api/no-such-thing").await.unwrap();
+    assert_eq!(app.get("/api/health").await.unwrap().status, 401);
+    let unknown = admin_get(&app, "/api/no-such-thing").await;
     assert_eq!(unknown.status, 404);
     assert!(
         unknown.json().unwrap()["error"]
