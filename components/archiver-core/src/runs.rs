@@ -300,6 +300,18 @@ mod tests {
         }
     }
 
+    /// The status on 2026-11-26 at 03:00, alerting after 3 quiet days.
+    fn status_on_26th(runs: &[Run]) -> Status {
+        status(
+            "c",
+            runs,
+            vec![],
+            &HealthRecord::default(),
+            at("2026-11-26T03:00:00Z"),
+            3,
+        )
+    }
+
     #[test]
     fn groups_runs_by_day_and_checks_the_invariant() {
         let runs = vec![
@@ -322,14 +334,7 @@ mod tests {
                 figures(1, 2, 0, 2),
             ),
         ];
-        let s = status(
-            "c",
-            &runs,
-            vec![],
-            &HealthRecord::default(),
-            at("2026-11-26T03:00:00Z"),
-            3,
-        );
+        let s = status_on_26th(&runs);
         assert_eq!(s.days.len(), 2);
         assert_eq!(s.days[1].runs, 2);
         assert_eq!(s.days[1].figures.available_for_import, 8);
@@ -349,14 +354,7 @@ mod tests {
             RunState::Succeeded,
             figures(5, 6, 4, 1),
         )];
-        let s = status(
-            "c",
-            &broken,
-            vec![],
-            &HealthRecord::default(),
-            at("2026-11-26T03:00:00Z"),
-            3,
-        );
+        let s = status_on_26th(&broken);
         assert!(!s.days[0].invariant_holds);
         assert_eq!(s.runs[0]["invariant_holds"], false);
     }
@@ -383,14 +381,7 @@ mod tests {
                 figures(0, 0, 0, 0),
             ),
         ];
-        let s = status(
-            "c",
-            &runs,
-            vec![],
-            &HealthRecord::default(),
-            at("2026-11-26T03:00:00Z"),
-            3,
-        );
+        let s = status_on_26th(&runs);
         assert_eq!(s.runs.len(), 2);
         assert_eq!(s.health.days_without_items, Some(6));
         assert!(s.health.no_items_alert);
