@@ -18,6 +18,7 @@ pub mod connector;
 pub mod conversation;
 pub mod digest;
 pub mod email;
+pub mod jmap;
 pub mod mapping;
 pub mod phone;
 pub mod resolve;

@@ -1,0 +1,451 @@
+//! JMAP (RFC 8620/8621) requests built and responses read without I/O: the component sends them.
+//!
+//! The service account's session lists the users' accounts it may write to; a user's account is
+//! the one whose `name` is their address. The folder is found (never created twice) and else
+//! created: first as one mailbox with the full name, and, on servers that refuse `/` in a name
+//! (Cyrus), as the hierarchy its `/` describes, which IMAP clients show as the same path.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const USING: [&str; 2] = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JmapError {
+    #[error("the JMAP server's answer is not valid: {0}")]
+    BadAnswer(String),
+    #[error("the JMAP server refused {method}: {kind} {description}")]
+    MethodError {
+        method: String,
+        kind: String,
+        description: String,
+    },
+}
+
+fn bad(what: impl std::fmt::Display) -> JmapError {
+    JmapError::BadAnswer(what.to_string())
+}
+
+/// The parts of the service account's session the archiver uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub api_url: String,
+    upload_url: String,
+    /// Account name (an address, lowercased) -> account id.
+    accounts: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSession {
+    api_url: String,
+    upload_url: String,
+    accounts: BTreeMap<String, RawAccount>,
+}
+
+#[derive(Deserialize)]
+struct RawAccount {
+    name: String,
+}
+
+/// Resolves a possibly relative URL of the session against the session's own URL.
+fn resolve(url: &str, session_url: &str) -> String {
+    if url.contains("://") {
+        return url.to_string();
+    }
+    let after_scheme = session_url.find("://").map_or(0, |i| i + 3);
+    let origin_end = session_url[after_scheme..]
+        .find('/')
+        .map_or(session_url.len(), |i| after_scheme + i);
+    if url.starts_with('/') {
+        format!("{}{url}", &session_url[..origin_end])
+    } else {
+        let folder_end = session_url.rfind('/').map_or(session_url.len(), |i| i + 1);
+        format!("{}{url}", &session_url[..folder_end])
+    }
+}
+
+impl Session {
+    pub fn parse(body: &[u8], session_url: &str) -> Result<Session, JmapError> {
+        let raw: RawSession = serde_json::from_slice(body).map_err(bad)?;
+        Ok(Session {
+            api_url: resolve(&raw.api_url, session_url),
+            upload_url: resolve(&raw.upload_url, session_url),
+            accounts: raw
+                .accounts
+                .into_iter()
+                .map(|(id, account)| (account.name.to_ascii_lowercase(), id))
+                .collect(),
+        })
+    }
+
+    /// The account of the user with this address, if the service account may write to it.
+    pub fn account_for(&self, email: &str) -> Option<&str> {
+        self.accounts
+            .get(&email.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+
+    /// Where to upload a blob into `account_id`.
+    pub fn upload_url(&self, account_id: &str) -> String {
+        self.upload_url.replace("{accountId}", account_id)
+    }
+}
+
+/// A mailbox as `Mailbox/get` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mailbox {
+    pub id: String,
+    pub name: String,
+    pub parent_id: Option<String>,
+}
+
+/// `Mailbox/get` of every mailbox of the account.
+pub fn mailboxes_request(account_id: &str) -> Value {
+    json!({
+        "using": USING,
+        "methodCalls": [["Mailbox/get", {
+            "accountId": account_id, "ids": null, "properties": ["id", "name", "parentId"]
+        }, "m"]]
+    })
+}
+
+/// The responses of a JMAP request, each checked for a method-level error.
+fn responses(body: &[u8]) -> Result<Vec<(String, Value)>, JmapError> {
+    let value: Value = serde_json::from_slice(body).map_err(bad)?;
+    let calls = value["methodResponses"]
+        .as_array()
+        .ok_or_else(|| bad("no methodResponses"))?;
+    calls
+        .iter()
+        .map(|call| {
+            let name = call[0].as_str().unwrap_or_default().to_string();
+            if name == "error" {
+                return Err(JmapError::MethodError {
+                    method: call[2].as_str().unwrap_or_default().to_string(),
+                    kind: call[1]["type"].as_str().unwrap_or_default().to_string(),
+                    description: call[1]["description"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                });
+            }
+            Ok((name, call[1].clone()))
+        })
+        .collect()
+}
+
+pub fn parse_mailboxes(body: &[u8]) -> Result<Vec<Mailbox>, JmapError> {
+    let (_, result) = responses(body)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("empty Mailbox/get answer"))?;
+    serde_json::from_value(result["list"].clone()).map_err(bad)
+}
+
+/// The segments of a folder name when it must be a hierarchy.
+fn segments(folder: &str) -> Vec<&str> {
+    folder
+        .split('/')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The folder's mailbox id: a top-level mailbox with the full name, or the hierarchy its `/`
+/// describes.
+pub fn find_folder(mailboxes: &[Mailbox], folder: &str) -> Option<String> {
+    let child = |parent: Option<&str>, name: &str| {
+        mailboxes
+            .iter()
+            .find(|m| m.parent_id.as_deref() == parent && m.name == name)
+    };
+    if let Some(flat) = child(None, folder) {
+        return Some(flat.id.clone());
+    }
+    let mut parent: Option<&Mailbox> = None;
+    for segment in segments(folder) {
+        parent = Some(child(parent.map(|p| p.id.as_str()), segment)?);
+    }
+    parent.map(|m| m.id.clone())
+}
+
+/// `Mailbox/set` creating the folder: as one mailbox, or (`as_hierarchy`) as the missing levels
+/// of its path, reusing the levels that exist.
+pub fn create_folder_request(
+    account_id: &str,
+    mailboxes: &[Mailbox],
+    folder: &str,
+    as_hierarchy: bool,
+) -> Value {
+    let mut create = serde_json::Map::new();
+    if as_hierarchy {
+        let mut parent: Option<Value> = None;
+        let mut existing_parent: Option<String> = None;
+        for (level, segment) in segments(folder).into_iter().enumerate() {
+            let found = match (&parent, &existing_parent) {
+                (None, parent_id) => mailboxes
+                    .iter()
+                    .find(|m| m.parent_id == *parent_id && m.name == segment),
+                _ => None,
+            };
+            if let Some(found) = found {
+                existing_parent = Some(found.id.clone());
+                continue;
+            }
+            let key = format!("f{level}");
+            let parent_id = parent
+                .clone()
+                .or_else(|| existing_parent.clone().map(Value::String))
+                .unwrap_or(Value::Null);
+            create.insert(
+                key.clone(),
+                json!({ "name": segment, "parentId": parent_id, "isSubscribed": true }),
+            );
+            parent = Some(Value::String(format!("#{key}")));
+        }
+    } else {
+        create.insert(
+            "f0".into(),
+            json!({ "name": folder, "parentId": null, "isSubscribed": true }),
+        );
+    }
+    json!({
+        "using": USING,
+        "methodCalls": [["Mailbox/set", { "accountId": account_id, "create": create }, "c"]]
+    })
+}
+
+/// The outcome of a folder creation: the id of the deepest mailbox created, or the server's
+/// refusal (`invalidProperties` for a name it does not take).
+pub fn parse_create_folder(body: &[u8]) -> Result<Result<String, String>, JmapError> {
+    let (_, result) = responses(body)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("empty Mailbox/set answer"))?;
+    if let Some(refused) = result["notCreated"]
+        .as_object()
+        .and_then(|m| m.values().next())
+    {
+        let kind = refused["type"].as_str().unwrap_or("refused");
+        let description = refused["description"].as_str().unwrap_or_default();
+        return Ok(Err(format!("{kind} {description}").trim().to_string()));
+    }
+    let created = result["created"]
+        .as_object()
+        .ok_or_else(|| bad("Mailbox/set created nothing"))?;
+    let deepest = created
+        .keys()
+        .max_by_key(|k| k.trim_start_matches('f').parse::<u32>().unwrap_or(0))
+        .and_then(|k| created[k]["id"].as_str())
+        .ok_or_else(|| bad("Mailbox/set created no id"))?;
+    Ok(Ok(deepest.to_string()))
+}
+
+/// The blob id of an upload answer.
+pub fn parse_upload(body: &[u8]) -> Result<String, JmapError> {
+    let value: Value = serde_json::from_slice(body).map_err(bad)?;
+    value["blobId"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| bad("upload answer without blobId"))
+}
+
+/// One email to import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportItem {
+    /// The caller's handle for this item in the answer.
+    pub key: String,
+    pub blob_id: String,
+    pub received_at: DateTime<Utc>,
+}
+
+/// `Email/import` of several emails into one mailbox, without the `$draft` keyword.
+pub fn import_request(account_id: &str, mailbox_id: &str, items: &[ImportItem]) -> Value {
+    let emails: serde_json::Map<String, Value> = items
+        .iter()
+        .map(|item| {
+            (
+                item.key.clone(),
+                json!({
+                    "blobId": item.blob_id,
+                    "mailboxIds": { mailbox_id: true },
+                    "keywords": {},
+                    "receivedAt": item.received_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "using": USING,
+        "methodCalls": [["Email/import", { "accountId": account_id, "emails": emails }, "i"]]
+    })
+}
+
+/// What became of one imported email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    Created(String),
+    /// The server already holds these bytes: success, nothing added.
+    AlreadyExists(String),
+    Refused(String),
+}
+
+pub fn parse_import(body: &[u8]) -> Result<BTreeMap<String, ImportOutcome>, JmapError> {
+    let (_, result) = responses(body)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("empty Email/import answer"))?;
+    let mut outcomes = BTreeMap::new();
+    if let Some(created) = result["created"].as_object() {
+        for (key, email) in created {
+            let id = email["id"].as_str().unwrap_or_default().to_string();
+            outcomes.insert(key.clone(), ImportOutcome::Created(id));
+        }
+    }
+    if let Some(refused) = result["notCreated"].as_object() {
+        for (key, error) in refused {
+            let kind = error["type"].as_str().unwrap_or_default();
+            let outcome = match (kind, error["existingId"].as_str()) {
+                ("alreadyExists", Some(id)) => ImportOutcome::AlreadyExists(id.to_string()),
+                _ => ImportOutcome::Refused(
+                    format!(
+                        "{kind} {}",
+                        error["description"].as_str().unwrap_or_default()
+                    )
+                    .trim()
+                    .to_string(),
+                ),
+            };
+            outcomes.insert(key.clone(), outcome);
+        }
+    }
+    Ok(outcomes)
+}
+
+/// `Email/query` for an email with this `Message-ID` (without angle brackets) in the account.
+pub fn find_message_request(account_id: &str, message_id: &str) -> Value {
+    json!({
+        "using": USING,
+        "methodCalls": [["Email/query", {
+            "accountId": account_id,
+            "filter": { "header": ["Message-ID", format!("<{message_id}>")] },
+            "limit": 1
+        }, "q"]]
+    })
+}
+
+/// Whether the query found an email.
+pub fn parse_find_message(body: &[u8]) -> Result<bool, JmapError> {
+    let (_, result) = responses(body)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("empty Email/query answer"))?;
+    Ok(result["ids"].as_array().is_some_and(|ids| !ids.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_session_with_relative_urls_and_finds_accounts_by_name() {
+        let body = br#"{"apiUrl":"/jmap/","uploadUrl":"/jmap/upload/{accountId}/",
+            "downloadUrl":"/jmap/download/{accountId}/{blobId}/{name}",
+            "accounts":{"alice@acme.example":{"name":"alice@acme.example","isPersonal":false},
+                        "archiver@acme.example":{"name":"archiver@acme.example"}},
+            "primaryAccounts":{}, "capabilities":{}, "username":"archiver@acme.example"}"#;
+        let session = Session::parse(body, "http://127.0.0.1:18080/jmap/").unwrap();
+        assert_eq!(session.api_url, "http://127.0.0.1:18080/jmap/");
+        assert_eq!(
+            session.upload_url("alice@acme.example"),
+            "http://127.0.0.1:18080/jmap/upload/alice@acme.example/"
+        );
+        assert_eq!(
+            session.account_for("Alice@Acme.Example"),
+            Some("alice@acme.example")
+        );
+        assert_eq!(session.account_for("nobody@acme.example"), None);
+        assert!(Session::parse(b"{}", "http://x/").is_err());
+    }
+
+    fn mailbox(id: &str, name: &str, parent: Option<&str>) -> Mailbox {
+        Mailbox {
+            id: id.into(),
+            name: name.into(),
+            parent_id: parent.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn finds_the_folder_flat_or_as_a_hierarchy() {
+        let folder = "AT&T SMS/MMS Network Archiver";
+        let flat = [mailbox("1", "Inbox", None), mailbox("2", folder, None)];
+        assert_eq!(find_folder(&flat, folder).as_deref(), Some("2"));
+        let nested = [
+            mailbox("1", "Inbox", None),
+            mailbox("3", "AT&T SMS", None),
+            mailbox("4", "MMS Network Archiver", Some("3")),
+            mailbox("5", "MMS Network Archiver", None),
+        ];
+        assert_eq!(find_folder(&nested, folder).as_deref(), Some("4"));
+        assert_eq!(find_folder(&nested[..2], folder), None);
+    }
+
+    #[test]
+    fn creates_only_the_missing_levels() {
+        let folder = "AT&T SMS/MMS Network Archiver";
+        let request = create_folder_request("a", &[], folder, true);
+        let create = &request["methodCalls"][0][1]["create"];
+        assert_eq!(create["f0"]["name"], "AT&T SMS");
+        assert_eq!(create["f1"]["parentId"], "#f0");
+        let existing = [mailbox("3", "AT&T SMS", None)];
+        let request = create_folder_request("a", &existing, folder, true);
+        let create = &request["methodCalls"][0][1]["create"];
+        assert!(create.get("f0").is_none());
+        assert_eq!(create["f1"]["parentId"], "3");
+        let flat = create_folder_request("a", &[], folder, false);
+        assert_eq!(flat["methodCalls"][0][1]["create"]["f0"]["name"], folder);
+
+        let created = br#"{"methodResponses":[["Mailbox/set",{"created":{"f0":{"id":"P"},"f1":{"id":"C"}}},"c"]]}"#;
+        assert_eq!(parse_create_folder(created).unwrap(), Ok("C".into()));
+        let refused = br#"{"methodResponses":[["Mailbox/set",{"notCreated":{"f0":{"type":"serverFail","description":"Invalid mailbox name"}}},"c"]]}"#;
+        assert_eq!(
+            parse_create_folder(refused).unwrap(),
+            Err("serverFail Invalid mailbox name".into())
+        );
+    }
+
+    #[test]
+    fn reads_import_outcomes() {
+        let items = [ImportItem {
+            key: "k1".into(),
+            blob_id: "b1".into(),
+            received_at: "2026-11-25T14:03:11Z".parse().unwrap(),
+        }];
+        let request = import_request("a", "m", &items);
+        let email = &request["methodCalls"][0][1]["emails"]["k1"];
+        assert_eq!(email["receivedAt"], "2026-11-25T14:03:11Z");
+        assert_eq!(email["keywords"], json!({}));
+        assert_eq!(email["mailboxIds"]["m"], true);
+        let answer = br#"{"methodResponses":[["Email/import",{"created":{"k1":{"id":"E1"}},
+            "notCreated":{"k2":{"type":"alreadyExists","existingId":"E0"},
+                          "k3":{"type":"invalidEmail","description":"bare LF"}}},"i"]]}"#;
+        let outcomes = parse_import(answer).unwrap();
+        assert_eq!(outcomes["k1"], ImportOutcome::Created("E1".into()));
+        assert_eq!(outcomes["k2"], ImportOutcome::AlreadyExists("E0".into()));
+        assert_eq!(
+            outcomes["k3"],
+            ImportOutcome::Refused("invalidEmail bare LF".into())
+        );
+        let error = br#"{"methodResponses":[["error",{"type":"accountNotFound"},"i"]]}"#;
+        assert!(matches!(
+            parse_import(error),
+            Err(JmapError::MethodError { .. })
+        ));
+    }
+}
