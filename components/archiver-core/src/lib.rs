@@ -21,6 +21,7 @@ pub mod email;
 pub mod jmap;
 pub mod mapping;
 pub mod phone;
+pub mod pipeline;
 pub mod resolve;
 pub mod runs;
 pub mod secrets;

@@ -43,7 +43,8 @@ impl SourceError {
     }
 }
 
-fn basic_auth(username: &str, password: &str) -> String {
+/// The `Authorization` value of HTTP Basic authentication; it holds the password: never log it.
+pub fn basic_auth(username: &str, password: &str) -> String {
     format!("Basic {}", BASE64.encode(format!("{username}:{password}")))
 }
 

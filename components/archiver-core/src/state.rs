@@ -14,6 +14,11 @@
 //! | `connector/{id}/health` | [`HealthRecord`] |
 //! | `run/{id}/{run}` | the [`Run`] |
 //! | `run/{id}/{run}/not-imported` | JSON list of [`NotImported`] |
+//! | `run/{id}/{run}/items` | JSON list of the item keys the run staged |
+//! | `connector/{id}/watermark` | end of the last window staged whole (RFC 3339) |
+//! | `stage/{id}/{item}` | a [`StagedItem`] waiting for delivery |
+//! | `stage/{id}/{item}/{attachment}/{n}` | chunk `n` of an attachment's bytes |
+//! | `archived/{id}/{item}` | an [`ArchivedItem`]: every copy delivered, staging purged |
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -23,6 +28,7 @@ use crate::connector::Connector;
 use crate::digest::sha256_hex;
 use crate::mapping::{MappingTable, parse_mapping_csv};
 use crate::phone::Region;
+use crate::pipeline::{ArchivedItem, StagedItem};
 use crate::runs::{HealthRecord, NotImported, Run};
 
 /// Largest value written, so any backend (DynamoDB caps at 400 KB) takes it.
@@ -287,6 +293,121 @@ impl<'a, K: KeyValue> State<'a, K> {
 
     pub fn put_health(&self, id: &str, health: &HealthRecord) -> Result<(), StoreError> {
         self.write(&health_key(id), health)
+    }
+}
+
+fn watermark_key(id: &str) -> String {
+    format!("connector/{id}/watermark")
+}
+
+fn run_items_key(id: &str, run: &str) -> String {
+    format!("run/{id}/{run}/items")
+}
+
+fn staged_key(id: &str, item: &str) -> String {
+    format!("stage/{id}/{item}")
+}
+
+fn attachment_chunk_key(id: &str, item: &str, attachment: usize, n: usize) -> String {
+    format!("stage/{id}/{item}/{attachment}/{n}")
+}
+
+fn archived_key(id: &str, item: &str) -> String {
+    format!("archived/{id}/{item}")
+}
+
+impl<K: KeyValue> State<'_, K> {
+    pub fn watermark(&self, id: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.read(&watermark_key(id))
+    }
+
+    pub fn set_watermark(&self, id: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
+        self.write(&watermark_key(id), &until)
+    }
+
+    pub fn run_items(&self, id: &str, run: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.read(&run_items_key(id, run))?.unwrap_or_default())
+    }
+
+    pub fn put_run_items(&self, id: &str, run: &str, items: &[String]) -> Result<(), StoreError> {
+        self.write(&run_items_key(id, run), &items)
+    }
+
+    pub fn staged(&self, id: &str, item: &str) -> Result<Option<StagedItem>, StoreError> {
+        self.read(&staged_key(id, item))
+    }
+
+    /// Stages an item: its attachments' chunks first, the record last, so a record always has
+    /// its bytes.
+    pub fn stage(
+        &self,
+        id: &str,
+        item: &StagedItem,
+        attachments: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        for (index, bytes) in attachments.iter().enumerate() {
+            for (n, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+                self.kv
+                    .set(&attachment_chunk_key(id, &item.key, index, n), chunk)?;
+            }
+        }
+        self.write(&staged_key(id, &item.key), item)
+    }
+
+    pub fn update_staged(&self, id: &str, item: &StagedItem) -> Result<(), StoreError> {
+        self.write(&staged_key(id, &item.key), item)
+    }
+
+    /// The bytes of a staged item's attachments, in order.
+    pub fn staged_attachments(
+        &self,
+        id: &str,
+        item: &StagedItem,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut all = Vec::with_capacity(item.attachment_chunks.len());
+        for (index, chunks) in item.attachment_chunks.iter().enumerate() {
+            let mut bytes = Vec::new();
+            for n in 0..*chunks {
+                let chunk = self
+                    .kv
+                    .get(&attachment_chunk_key(id, &item.key, index, n))?
+                    .ok_or_else(|| {
+                        StoreError(format!(
+                            "staged item {}: chunk {index}/{n} missing",
+                            item.key
+                        ))
+                    })?;
+                bytes.extend_from_slice(&chunk);
+            }
+            all.push(bytes);
+        }
+        Ok(all)
+    }
+
+    /// Marks an item archived, then purges its staging (record last, so a crash in between
+    /// leaves it archived and at worst some unreferenced chunks).
+    pub fn archive(
+        &self,
+        id: &str,
+        item: &StagedItem,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let archived = ArchivedItem {
+            run: item.run.clone(),
+            at,
+        };
+        self.write(&archived_key(id, &item.key), &archived)?;
+        for (index, chunks) in item.attachment_chunks.iter().enumerate() {
+            for n in 0..*chunks {
+                self.kv
+                    .delete(&attachment_chunk_key(id, &item.key, index, n))?;
+            }
+        }
+        self.kv.delete(&staged_key(id, &item.key))
+    }
+
+    pub fn archived(&self, id: &str, item: &str) -> Result<Option<ArchivedItem>, StoreError> {
+        self.read(&archived_key(id, item))
     }
 }
 

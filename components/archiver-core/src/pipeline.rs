@@ -1,0 +1,244 @@
+//! The daily pipeline's decisions, without I/O: which window to fetch, the archive's requests and
+//! answers, when to retry, and what is staged.
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::fields_sha256_hex;
+use crate::phone::Region;
+use crate::source::{Message, MessagePage, PageError, parse_page};
+use crate::source_client::{SourceError, SourceRequest};
+
+/// Late re-deliveries are caught by starting each window this long before the last one ended.
+pub const DEFAULT_OVERLAP: Duration = Duration::hours(2);
+/// The first run of a connector fetches this far back.
+pub const FIRST_WINDOW: Duration = Duration::days(1);
+/// Messages asked for per page (the archive may cap it lower).
+pub const PAGE_LIMIT: usize = 500;
+/// Attempts of one request before the run gives the window up to the next run.
+pub const MAX_ATTEMPTS: u32 = 4;
+/// The longest wait between attempts, whatever `Retry-After` asks.
+pub const MAX_RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The `[since, until)` window of a run: from the watermark (minus the overlap) to `until`.
+pub fn window(
+    watermark: Option<DateTime<Utc>>,
+    until: DateTime<Utc>,
+    overlap: Duration,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let since = match watermark {
+        Some(watermark) => (watermark - overlap).min(until),
+        None => until - FIRST_WINDOW,
+    };
+    (since, until)
+}
+
+fn instant(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// `GET {base}/v1/messages?since&until&limit[&cursor]`.
+pub fn messages_request(
+    base: &str,
+    authorization: &str,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    cursor: Option<&str>,
+) -> SourceRequest {
+    let mut url = format!(
+        "{}/v1/messages?since={}&until={}&limit={PAGE_LIMIT}",
+        base.trim_end_matches('/'),
+        instant(since),
+        instant(until)
+    );
+    if let Some(cursor) = cursor {
+        url.push_str("&cursor=");
+        url.push_str(&percent_encode(cursor));
+    }
+    get(url, authorization)
+}
+
+/// `GET {base}/v1/attachments/{id}`.
+pub fn attachment_request(base: &str, authorization: &str, id: &str) -> SourceRequest {
+    get(
+        format!(
+            "{}/v1/attachments/{}",
+            base.trim_end_matches('/'),
+            percent_encode(id)
+        ),
+        authorization,
+    )
+}
+
+fn get(url: String, authorization: &str) -> SourceRequest {
+    SourceRequest {
+        method: "GET",
+        url,
+        headers: vec![("authorization", authorization.to_string())],
+    }
+}
+
+/// Escapes everything but unreserved characters, for ids and cursors in a URL.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Reads one page of messages; an error status is never read as "no messages".
+pub fn read_messages_response(
+    status: u16,
+    body: &[u8],
+    region: Region,
+) -> Result<MessagePage, SourceError> {
+    match status {
+        200 => parse_page(body, region).map_err(|PageError(e)| SourceError::BadAnswer(e)),
+        other => Err(status_error(other)),
+    }
+}
+
+/// The error an unsuccessful status stands for.
+pub fn status_error(status: u16) -> SourceError {
+    match status {
+        401 => SourceError::BadCredentials,
+        403 => SourceError::Forbidden,
+        404 | 405 => SourceError::NotFound(status),
+        429 | 500..=599 => SourceError::Unavailable(status),
+        other => SourceError::UnexpectedStatus(other),
+    }
+}
+
+/// How long to wait before attempt `attempt + 1` after a transient failure, or `None` when the
+/// failure is not transient or the attempts are used up. `Retry-After` (seconds) is honoured.
+pub fn retry_wait(
+    error: &SourceError,
+    retry_after: Option<&str>,
+    attempt: u32,
+) -> Option<std::time::Duration> {
+    let transient = matches!(
+        error,
+        SourceError::Unavailable(_) | SourceError::Unreachable(_) | SourceError::BadAnswer(_)
+    );
+    if !transient || attempt + 1 >= MAX_ATTEMPTS {
+        return None;
+    }
+    let backoff = std::time::Duration::from_millis(200 * 2u64.pow(attempt));
+    let asked = retry_after
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
+    Some(asked.unwrap_or(backoff).min(MAX_RETRY_WAIT))
+}
+
+/// The key under which a source message is staged and remembered: a digest, since source ids
+/// may hold any character.
+pub fn item_key(source_id: &str) -> String {
+    fields_sha256_hex(&["item", source_id])[..32].to_string()
+}
+
+/// A message waiting in staging for delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedItem {
+    pub key: String,
+    pub run: String,
+    pub message: Message,
+    /// Chunks each attachment's bytes are stored in, in the message's order.
+    pub attachment_chunks: Vec<usize>,
+    /// Users whose copy the destination has accepted.
+    pub delivered_to: Vec<String>,
+}
+
+/// What is remembered of an archived item, so a later window does not stage it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedItem {
+    pub run: String,
+    pub at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t: &str) -> DateTime<Utc> {
+        t.parse().unwrap()
+    }
+
+    #[test]
+    fn windows_start_at_the_watermark_minus_the_overlap() {
+        let until = at("2026-11-26T02:00:00Z");
+        assert_eq!(
+            window(None, until, DEFAULT_OVERLAP).0,
+            at("2026-11-25T02:00:00Z")
+        );
+        let watermark = Some(at("2026-11-25T02:00:00Z"));
+        assert_eq!(
+            window(watermark, until, DEFAULT_OVERLAP).0,
+            at("2026-11-25T00:00:00Z")
+        );
+        let outage = Some(at("2026-11-20T02:00:00Z"));
+        assert_eq!(
+            window(outage, until, DEFAULT_OVERLAP).0,
+            at("2026-11-20T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn builds_page_and_attachment_urls_with_escaping() {
+        let request = messages_request(
+            "http://127.0.0.1:1/api/",
+            "Basic x",
+            at("2026-11-25T00:00:00Z"),
+            at("2026-11-26T00:00:00Z"),
+            Some("b2Zm+/=="),
+        );
+        assert_eq!(
+            request.url,
+            "http://127.0.0.1:1/api/v1/messages?since=2026-11-25T00:00:00Z&until=2026-11-26T00:00:00Z&limit=500&cursor=b2Zm%2B%2F%3D%3D"
+        );
+        assert_eq!(
+            attachment_request("https://a/api", "Basic x", "a/19").url,
+            "https://a/api/v1/attachments/a%2F19"
+        );
+    }
+
+    #[test]
+    fn error_statuses_are_never_an_empty_page() {
+        assert_eq!(
+            read_messages_response(401, b"", Region::US),
+            Err(SourceError::BadCredentials)
+        );
+        assert_eq!(
+            read_messages_response(503, b"", Region::US),
+            Err(SourceError::Unavailable(503))
+        );
+        assert!(matches!(
+            read_messages_response(200, b"{\"messages\":[", Region::US),
+            Err(SourceError::BadAnswer(_))
+        ));
+        let empty =
+            read_messages_response(200, br#"{"messages":[],"next_cursor":null}"#, Region::US)
+                .unwrap();
+        assert!(empty.messages.is_empty());
+    }
+
+    #[test]
+    fn retries_transient_failures_with_backoff_and_retry_after() {
+        let busy = SourceError::Unavailable(429);
+        assert_eq!(
+            retry_wait(&busy, Some("3"), 0),
+            Some(std::time::Duration::from_secs(3))
+        );
+        assert_eq!(retry_wait(&busy, Some("3600"), 0), Some(MAX_RETRY_WAIT));
+        assert_eq!(
+            retry_wait(&busy, None, 1),
+            Some(std::time::Duration::from_millis(400))
+        );
+        assert_eq!(retry_wait(&busy, None, MAX_ATTEMPTS - 1), None);
+        assert_eq!(retry_wait(&SourceError::BadCredentials, None, 0), None);
+    }
+}
