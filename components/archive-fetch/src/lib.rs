@@ -1,34 +1,43 @@
-//! The daily fetch: fired by Spin's cron trigger, pulls the last window of SMS and MMS from each
-//! connector's archive source into staging.
-//!
-//! For now it records each timer event in the key-value store, which the status view reads as
-//! the last time the fetch ran.
+//! The daily fetch. Fired by Spin's cron trigger, it starts a run for every enabled connector;
+//! a private HTTP route (`POST /runs/{connector}/{run}`, reached by chaining from the admin API)
+//! executes a queued run now. Either way a run logs in to the archive, pages through the window,
+//! stages every valid message with its attachments, moves the watermark once the whole window
+//! is staged, and hands the run to the import step.
 
-use anyhow::Context;
-use spin_sdk::key_value::Store;
+mod fetch;
+
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http_component;
 
 wit_bindgen::generate!({
     world: "spin-cron",
     path: "wit",
 });
 
-/// Key of the last timer event seen, seconds since the Unix epoch.
-const LAST_TIMER_EVENT_KEY: &str = "fetch/last-timer-event";
-
 struct Fetch;
 
 impl Guest for Fetch {
     fn handle_cron_event(metadata: Metadata) -> Result<(), Error> {
-        record_timer_event(metadata.timestamp).map_err(|e| Error::Other(format!("{e:#}")))
+        spin_executor::run(fetch::on_timer(metadata.timestamp))
+            .map_err(|e| Error::Other(format!("{e:#}")))
     }
 }
 
-fn record_timer_event(timestamp: u64) -> anyhow::Result<()> {
-    let store = Store::open_default().context("opening the default key-value store")?;
-    store
-        .set(LAST_TIMER_EVENT_KEY, timestamp.to_string().as_bytes())
-        .context("recording the timer event")?;
-    Ok(())
-}
-
 export!(Fetch);
+
+#[http_component]
+async fn handle_run_request(request: Request) -> Response {
+    let path = request.path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (request.method(), segments.as_slice()) {
+        (Method::Post, ["runs", connector, run]) => match fetch::run_queued(connector, run).await {
+            Ok(view) => Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(view.to_string())
+                .build(),
+            Err(e) => Response::new(500, format!("{e:#}")),
+        },
+        _ => Response::new(404, "no such route"),
+    }
+}

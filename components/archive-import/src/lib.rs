@@ -1,15 +1,30 @@
-//! The import step, reachable only by local service chaining from the fetch and setup
-//! components: converts staged messages into email and delivers them to users' mailboxes.
+//! The import step, reachable only by local service chaining from the fetch component:
+//! `POST /import/{connector}/{run}` converts each item the run staged into email and delivers one
+//! copy to each mapped user's mailbox over JMAP, recording every outcome.
 
-use spin_sdk::http::{Request, Response};
+mod deliver;
+
+use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
 
 #[http_component]
-fn handle_import(request: Request) -> Response {
-    let error = format!("import of {} is not available yet", request.path());
-    Response::builder()
-        .status(501)
-        .header("content-type", "application/json")
-        .body(serde_json::json!({ "error": error }).to_string())
-        .build()
+async fn handle_import(request: Request) -> Response {
+    let path = request.path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (request.method(), segments.as_slice()) {
+        (Method::Post, ["import", connector, run]) => {
+            match deliver::import_run(connector, run).await {
+                Ok(view) => Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(view.to_string())
+                    .build(),
+                Err(e) => {
+                    eprintln!("import {connector}/{run}: {e:#}");
+                    Response::new(500, format!("{e:#}"))
+                }
+            }
+        }
+        _ => Response::new(404, "no such route"),
+    }
 }

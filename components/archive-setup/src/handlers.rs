@@ -5,18 +5,22 @@ use archiver_core::connector::{self, Connector, DEFAULT_FOLDER, check_id};
 use archiver_core::mapping::parse_mapping_csv;
 use archiver_core::runs::{self, Run, RunState, RunTrigger, parse_run_request, run_id};
 use archiver_core::secrets::{self, NONCE_BYTES};
-use archiver_core::source_client::{SourceError, account_request, read_account_response};
+use archiver_core::source_client::{
+    SourceError, SourceRequest, account_request, read_account_response,
+};
 use archiver_core::state::State;
 use chrono::Utc;
-use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http::{Request, Response};
 
 use crate::config::Config;
 use crate::json;
-use crate::store::SpinStore;
+use archive_host::SpinStore;
 
 /// Days without any fetched item after which the status raises its alert, unless the request
 /// says `?quiet_days=N`.
 const DEFAULT_QUIET_DAYS: i64 = 3;
+/// The fetch component's private route that executes a queued run.
+const FETCH_URL: &str = "http://archive-fetch.spin.internal/runs";
 
 fn with_state<T>(f: impl FnOnce(&State<SpinStore>) -> Result<T, ApiError>) -> Result<T, ApiError> {
     let store = SpinStore::open()?;
@@ -151,16 +155,10 @@ async fn check_account(
     username: &str,
     password: &str,
 ) -> Result<archiver_core::source::Account, ApiError> {
-    let spec = account_request(base, username, password);
-    let mut builder = Request::builder();
-    builder.method(Method::Get).uri(spec.url);
-    for (name, value) in spec.headers {
-        builder.header(name, value);
-    }
-    let response: Response = spin_sdk::http::send(builder.build())
+    let answer = archive_host::send(&account_request(base, username, password), None)
         .await
-        .map_err(|e| ApiError::Source(SourceError::Unreachable(e.to_string())))?;
-    read_account_response(*response.status(), response.body()).map_err(ApiError::Source)
+        .map_err(|e| ApiError::Source(SourceError::Unreachable(e)))?;
+    read_account_response(answer.status, &answer.body).map_err(ApiError::Source)
 }
 
 pub fn get_mapping(config: &Config, id: &str) -> Result<Response, ApiError> {
@@ -189,32 +187,43 @@ pub fn put_mapping(config: &Config, id: &str, request: &Request) -> Result<Respo
     })
 }
 
-pub fn start_run(id: &str, request: &Request) -> Result<Response, ApiError> {
-    with_state(|state| {
-        existing(state, id)?;
-        let now = Utc::now();
-        let body = if request.body().is_empty() {
-            &[][..]
-        } else {
-            body(request, "application/json", MAX_JSON_BYTES)?
-        };
-        let window = parse_run_request(body, now)?;
-        let run = Run {
-            id: run_id(now, &hex::encode(random_bytes::<4>()?)),
-            connector: id.to_string(),
-            trigger: RunTrigger::Manual,
-            since: window.since,
-            until: window.until,
-            state: RunState::Queued,
-            requested_at: now,
-            started_at: None,
-            finished_at: None,
-            figures: runs::Figures::default(),
-            error: None,
-        };
-        state.put_run(&run)?;
-        Ok(json(202, &run.view()))
-    })
+/// Queues a run and has the fetch component execute it now (it hands over to the import step).
+/// The answer is `202` with the run as it stands when the chained execution returns.
+pub async fn start_run(id: &str, request: &Request) -> Result<Response, ApiError> {
+    let store = SpinStore::open()?;
+    let state = State::new(&store);
+    existing(&state, id)?;
+    let now = Utc::now();
+    let body = if request.body().is_empty() {
+        &[][..]
+    } else {
+        body(request, "application/json", MAX_JSON_BYTES)?
+    };
+    let window = parse_run_request(body, now)?;
+    let run = Run {
+        id: run_id(now, &hex::encode(random_bytes::<4>()?)),
+        connector: id.to_string(),
+        trigger: RunTrigger::Manual,
+        since: window.since,
+        until: window.until,
+        state: RunState::Queued,
+        requested_at: now,
+        started_at: None,
+        finished_at: None,
+        figures: runs::Figures::default(),
+        error: None,
+    };
+    state.put_run(&run)?;
+    let start = SourceRequest {
+        method: "POST",
+        url: format!("{FETCH_URL}/{id}/{}", run.id),
+        headers: vec![],
+    };
+    if let Err(e) = archive_host::send(&start, None).await {
+        eprintln!("setup: starting run {} of {id}: {e}", run.id);
+    }
+    let current = state.run(id, &run.id)?.unwrap_or(run);
+    Ok(json(202, &current.view()))
 }
 
 pub fn list_runs(id: &str) -> Result<Response, ApiError> {

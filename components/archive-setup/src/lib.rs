@@ -5,7 +5,6 @@
 
 mod config;
 mod handlers;
-mod store;
 
 use archiver_core::api::ApiError;
 use archiver_core::secrets::bearer_matches;
@@ -63,7 +62,7 @@ async fn route(request: &Request) -> Result<Response, ApiError> {
         },
         ["connectors", id, "runs"] => match method {
             Method::Get => handlers::list_runs(id),
-            Method::Post => handlers::start_run(id, request),
+            Method::Post => handlers::start_run(id, request).await,
             _ => not_allowed(),
         },
         ["connectors", id, "runs", run] => match method {

@@ -191,22 +191,24 @@ fn display_name(participant: &Participant) -> String {
     }
 }
 
-/// The MMS subject when there is one, else who the conversation is with.
+/// The MMS subject when there is one, else who the conversation is with. The names are in the
+/// order of the conversation key, so both directions of a conversation get the same subject
+/// (servers such as Cyrus thread only messages whose subjects match).
 fn subject(message: &Message) -> String {
     if let Some(subject) = message.subject.as_deref().map(clean_header_text)
         && !subject.is_empty()
     {
         return subject;
     }
-    let mut seen = Vec::new();
-    let mut names = Vec::new();
+    let mut people: Vec<(String, String)> = Vec::new();
     for participant in message.participants() {
         let key = participant.address.key();
-        if !seen.contains(&key) {
-            seen.push(key);
-            names.push(display_name(participant));
+        if !people.iter().any(|(known, _)| *known == key) {
+            people.push((key, display_name(participant)));
         }
     }
+    people.sort();
+    let names: Vec<String> = people.into_iter().map(|(_, name)| name).collect();
     let shown = names.len().min(SUBJECT_NAMES);
     let mut subject = format!(
         "{} with {}",

@@ -1,0 +1,343 @@
+//! One run's fetch stage: I/O around the core's decisions.
+
+use anyhow::{Context, bail};
+use archive_host::{Answer, SpinStore, send};
+use archiver_core::connector::Connector;
+use archiver_core::digest::sha256_hex;
+use archiver_core::phone::Region;
+use archiver_core::pipeline::{
+    self, StagedItem, attachment_request, item_key, messages_request, read_messages_response,
+    retry_wait, status_error, window,
+};
+use archiver_core::runs::{
+    Figures, LoginFailure, NotImported, NotImportedReason, Run, RunState, RunTrigger, run_id,
+};
+use archiver_core::secrets::{self, SecretKey};
+use archiver_core::source_client::{
+    SourceError, SourceRequest, account_request, basic_auth, read_account_response,
+};
+use archiver_core::state::State;
+use chrono::{DateTime, Utc};
+
+/// Key of the last timer event seen, seconds since the Unix epoch.
+const LAST_TIMER_EVENT_KEY: &str = "fetch/last-timer-event";
+const IMPORT_URL: &str = "http://archive-import.spin.internal/import";
+
+struct Config {
+    staging_key: SecretKey,
+    region: Region,
+}
+
+impl Config {
+    fn load() -> anyhow::Result<Config> {
+        let get =
+            |name: &str| spin_sdk::variables::get(name).with_context(|| format!("variable {name}"));
+        Ok(Config {
+            staging_key: get("staging_key")?
+                .parse()
+                .context("variable staging_key")?,
+            region: get("default_region")?
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("variable default_region: {e}"))?,
+        })
+    }
+}
+
+/// The timer: one run per enabled connector, each independent of the others' failures.
+pub async fn on_timer(timestamp: u64) -> anyhow::Result<()> {
+    let store = SpinStore::open()?;
+    store_timer_event(&store, timestamp)?;
+    let state = State::new(&store);
+    let connectors: Vec<Connector> = state
+        .connectors()?
+        .into_iter()
+        .filter(|c| c.enabled)
+        .collect();
+    if connectors.is_empty() {
+        return Ok(());
+    }
+    let config = Config::load()?;
+    let until = DateTime::from_timestamp(timestamp as i64, 0).context("timer timestamp")?;
+    let mut failures = Vec::new();
+    for connector in connectors {
+        let suffix =
+            sha256_hex(format!("{}/{timestamp}", connector.id).as_bytes())[..8].to_string();
+        let mut run = Run {
+            id: run_id(until, &suffix),
+            connector: connector.id.clone(),
+            trigger: RunTrigger::Timer,
+            since: None,
+            until: Some(until),
+            state: RunState::Queued,
+            requested_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            figures: Figures::default(),
+            error: None,
+        };
+        if let Err(e) = execute(&state, &config, &connector, &mut run).await {
+            failures.push(format!("{}: {e:#}", connector.id));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("runs failed: {}", failures.join("; "))
+    }
+}
+
+fn store_timer_event(store: &SpinStore, timestamp: u64) -> anyhow::Result<()> {
+    use archiver_core::state::KeyValue;
+    store
+        .set(LAST_TIMER_EVENT_KEY, timestamp.to_string().as_bytes())
+        .context("recording the timer event")?;
+    Ok(())
+}
+
+/// Executes a run the admin API queued.
+pub async fn run_queued(connector_id: &str, run_id: &str) -> anyhow::Result<serde_json::Value> {
+    let store = SpinStore::open()?;
+    let state = State::new(&store);
+    let config = Config::load()?;
+    let connector = state
+        .connector(connector_id)?
+        .context("no such connector")?;
+    let mut run = state.run(connector_id, run_id)?.context("no such run")?;
+    if run.state != RunState::Queued {
+        bail!("run {run_id} is {:?}, not queued", run.state);
+    }
+    if run.until.is_none() {
+        run.until = Some(Utc::now());
+    }
+    execute(&state, &config, &connector, &mut run).await?;
+    let run = state.run(connector_id, run_id)?.context("run vanished")?;
+    Ok(run.view())
+}
+
+/// Fetches and stages the run's window, then hands the run to the import step. The run record
+/// says how it ended; an `Err` means the run could not even be recorded.
+async fn execute(
+    state: &State<'_, SpinStore>,
+    config: &Config,
+    connector: &Connector,
+    run: &mut Run,
+) -> anyhow::Result<()> {
+    run.state = RunState::Running;
+    run.started_at = Some(Utc::now());
+    let watermark = state.watermark(&connector.id)?;
+    let until = run.until.unwrap_or_else(Utc::now);
+    if run.since.is_none() {
+        run.since = Some(window(watermark, until, pipeline::DEFAULT_OVERLAP).0);
+    }
+    state.put_run(run)?;
+
+    let staged = stage_window(state, config, connector, run).await;
+    let mut health = state.health(&connector.id)?;
+    match staged {
+        Ok(complete) => {
+            health.login_failure = None;
+            if complete && run.trigger == RunTrigger::Timer && watermark.is_none_or(|w| w < until) {
+                state.set_watermark(&connector.id, until)?;
+            }
+            state.put_health(&connector.id, &health)?;
+            state.put_run(run)?;
+            let answer = send(
+                &SourceRequest {
+                    method: "POST",
+                    url: format!("{IMPORT_URL}/{}/{}", connector.id, run.id),
+                    headers: vec![],
+                },
+                None,
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            if answer.status >= 300 {
+                bail!("the import step answered {}", answer.status);
+            }
+            Ok(())
+        }
+        Err(error) => {
+            if error == SourceError::BadCredentials || error == SourceError::Forbidden {
+                health.login_failure = Some(LoginFailure {
+                    at: Utc::now(),
+                    reason: error.to_string(),
+                });
+            }
+            state.put_health(&connector.id, &health)?;
+            run.state = RunState::Failed;
+            run.finished_at = Some(Utc::now());
+            run.error = Some(format!("{error}; the window is left for the next run"));
+            state.put_run(run)?;
+            bail!("{error}")
+        }
+    }
+}
+
+/// Sends a request to the archive, retrying transient failures with back-off.
+async fn send_with_retry(request: &SourceRequest) -> Result<Answer, SourceError> {
+    let mut attempt = 0;
+    loop {
+        let (error, retry_after) = match send(request, None).await {
+            Ok(answer) if answer.status < 300 => return Ok(answer),
+            Ok(answer) => (status_error(answer.status), answer.retry_after),
+            Err(e) => (SourceError::Unreachable(e), None),
+        };
+        match retry_wait(&error, retry_after.as_deref(), attempt) {
+            Some(wait) => std::thread::sleep(wait),
+            None => return Err(error),
+        }
+        attempt += 1;
+    }
+}
+
+/// Stages every message of the run's window. `Ok(true)` when the whole window is staged.
+async fn stage_window(
+    state: &State<'_, SpinStore>,
+    config: &Config,
+    connector: &Connector,
+    run: &mut Run,
+) -> Result<bool, SourceError> {
+    let password = secrets::open(
+        &config.staging_key,
+        &connector.id,
+        &connector.password_sealed,
+    )
+    .map_err(|e| SourceError::Unreachable(format!("stored password: {e}")))?;
+    let password = String::from_utf8_lossy(&password).into_owned();
+    let login = send_with_retry(&account_request(
+        &connector.source_url,
+        &connector.username,
+        &password,
+    ))
+    .await?;
+    read_account_response(login.status, &login.body)?;
+    let authorization = basic_auth(&connector.username, &password);
+    let store_error = |e: archiver_core::state::StoreError| SourceError::Unreachable(e.to_string());
+
+    let (since, until) = (
+        run.since.unwrap_or_else(Utc::now),
+        run.until.unwrap_or_else(Utc::now),
+    );
+    let mut items = state
+        .run_items(&connector.id, &run.id)
+        .map_err(store_error)?;
+    let mut not_imported = state
+        .not_imported(&connector.id, &run.id)
+        .map_err(store_error)?;
+    let mut complete = true;
+    let mut cursor: Option<String> = None;
+    loop {
+        let request = messages_request(
+            &connector.source_url,
+            &authorization,
+            since,
+            until,
+            cursor.as_deref(),
+        );
+        let answer = send_with_retry(&request).await?;
+        let page = read_messages_response(answer.status, &answer.body, config.region)?;
+        for invalid in &page.invalid {
+            run.figures.fetched += 1;
+            run.figures.invalid += 1;
+            not_imported.push(NotImported {
+                run: run.id.clone(),
+                item_id: invalid
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| format!("#{}", invalid.index)),
+                participant: None,
+                target_user: None,
+                reason: NotImportedReason::InvalidSourceRecord,
+                detail: invalid.reason.clone(),
+                at: Utc::now(),
+            });
+        }
+        for message in page.messages {
+            run.figures.fetched += 1;
+            let key = item_key(&message.id);
+            if state
+                .archived(&connector.id, &key)
+                .map_err(store_error)?
+                .is_some()
+            {
+                continue;
+            }
+            if state
+                .staged(&connector.id, &key)
+                .map_err(store_error)?
+                .is_none()
+            {
+                match download_attachments(connector, &authorization, &message).await? {
+                    Ok(attachments) => {
+                        let item = StagedItem {
+                            key: key.clone(),
+                            run: run.id.clone(),
+                            attachment_chunks: attachments
+                                .iter()
+                                .map(|a| a.len().div_ceil(archiver_core::state::CHUNK_BYTES))
+                                .collect(),
+                            message,
+                            delivered_to: Vec::new(),
+                        };
+                        state
+                            .stage(&connector.id, &item, &attachments)
+                            .map_err(store_error)?;
+                    }
+                    Err(detail) => {
+                        complete = false;
+                        not_imported.push(NotImported {
+                            run: run.id.clone(),
+                            item_id: message.id.clone(),
+                            participant: None,
+                            target_user: None,
+                            reason: NotImportedReason::AttachmentMismatch,
+                            detail,
+                            at: Utc::now(),
+                        });
+                        continue;
+                    }
+                }
+            }
+            if !items.contains(&key) {
+                items.push(key);
+            }
+        }
+        state
+            .put_run_items(&connector.id, &run.id, &items)
+            .map_err(store_error)?;
+        state
+            .put_not_imported(&connector.id, &run.id, &not_imported)
+            .map_err(store_error)?;
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok(complete)
+}
+
+/// The bytes of each attachment, checked against the size and SHA-256 the archive announced.
+/// `Ok(Err(reason))` when the bytes do not match: the item is reported and not archived wrong.
+async fn download_attachments(
+    connector: &Connector,
+    authorization: &str,
+    message: &archiver_core::source::Message,
+) -> Result<Result<Vec<Vec<u8>>, String>, SourceError> {
+    let mut all = Vec::with_capacity(message.attachments.len());
+    for meta in &message.attachments {
+        let answer = send_with_retry(&attachment_request(
+            &connector.source_url,
+            authorization,
+            &meta.id,
+        ))
+        .await?;
+        if answer.body.len() as u64 != meta.size || sha256_hex(&answer.body) != meta.sha256 {
+            return Ok(Err(format!(
+                "attachment {} does not match the size and SHA-256 the archive announced",
+                meta.id
+            )));
+        }
+        all.push(answer.body);
+    }
+    Ok(Ok(all))
+}
