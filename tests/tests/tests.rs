@@ -3,5 +3,6 @@
 mod app;
 mod host;
 mod manifest_checks;
+mod pipeline;
 mod setup;
 mod util;

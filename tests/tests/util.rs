@@ -41,3 +41,87 @@ pub async fn upstream() -> SocketAddr {
 pub fn unlisted() -> SocketAddr {
     "127.0.0.1:9".parse().unwrap()
 }
+
+/// A JMAP client for assertions, as the service account the archiver uses.
+pub struct Jmap {
+    authorization: String,
+    pub api_url: String,
+}
+
+/// The mail server the test command starts (scripts/mail-server/start).
+pub const JMAP_SESSION_URL: &str = "http://127.0.0.1:18080/jmap/";
+pub const JMAP_USER: &str = "archiver@acme.example";
+pub const JMAP_PASSWORD: &str = "archiverpw";
+
+impl Jmap {
+    pub async fn connect() -> Jmap {
+        use base64::Engine;
+        let authorization = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{JMAP_USER}:{JMAP_PASSWORD}"))
+        );
+        let mut jmap = Jmap {
+            authorization,
+            api_url: String::new(),
+        };
+        let session = jmap
+            .request("GET", JMAP_SESSION_URL, None)
+            .await
+            .unwrap_or_else(|e| panic!("no JMAP server at {JMAP_SESSION_URL} ({e}); start it with scripts/mail-server/start"));
+        let api = session["apiUrl"].as_str().expect("apiUrl");
+        jmap.api_url = format!("http://127.0.0.1:18080{api}");
+        jmap
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let uri: http::Uri = url.parse()?;
+        let address = format!(
+            "{}:{}",
+            uri.host().unwrap_or("127.0.0.1"),
+            uri.port_u16().unwrap_or(80)
+        );
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        let io = wasmtime_wasi_http::io::TokioIo::new(stream);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(connection);
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let request = http::Request::builder()
+            .method(method)
+            .uri(uri.path())
+            .header(
+                "host",
+                uri.authority().map(|a| a.as_str()).unwrap_or("localhost"),
+            )
+            .header("authorization", &self.authorization)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await?
+            .to_bytes();
+        anyhow::ensure!(status.is_success(), "{method} {url}: {status}");
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// One method call; returns its result object.
+    pub async fn call(&self, method: &str, arguments: serde_json::Value) -> serde_json::Value {
+        let body = serde_json::json!({
+            "using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"],
+            "methodCalls": [[method, arguments, "0"]],
+        });
+        let answer = self
+            .request("POST", &self.api_url.clone(), Some(body))
+            .await
+            .unwrap();
+        let response = &answer["methodResponses"][0];
+        assert_eq!(response[0], method, "{answer}");
+        response[1].clone()
+    }
+}

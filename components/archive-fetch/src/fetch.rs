@@ -60,8 +60,11 @@ pub async fn on_timer(timestamp: u64) -> anyhow::Result<()> {
     let until = DateTime::from_timestamp(timestamp as i64, 0).context("timer timestamp")?;
     let mut failures = Vec::new();
     for connector in connectors {
-        let suffix =
-            sha256_hex(format!("{}/{timestamp}", connector.id).as_bytes())[..8].to_string();
+        // Unique even when the timer fires twice for one time: runs are history, never overwritten.
+        let now = Utc::now();
+        let nanos = now.timestamp_nanos_opt().unwrap_or_default();
+        let seed = format!("{}/{timestamp}/{nanos}", connector.id);
+        let suffix = sha256_hex(seed.as_bytes())[..8].to_string();
         let mut run = Run {
             id: run_id(until, &suffix),
             connector: connector.id.clone(),
@@ -69,7 +72,7 @@ pub async fn on_timer(timestamp: u64) -> anyhow::Result<()> {
             since: None,
             until: Some(until),
             state: RunState::Queued,
-            requested_at: Utc::now(),
+            requested_at: now,
             started_at: None,
             finished_at: None,
             figures: Figures::default(),

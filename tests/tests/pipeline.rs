@@ -1,0 +1,482 @@
+//! The daily pipeline end to end: the source simulator, the components on the test host, and a
+//! real Cyrus IMAP server over JMAP (started by the test command).
+
+use std::collections::BTreeMap;
+
+use archiver_core::digest::sha256_hex;
+use archiver_core::email::message_id;
+use archiver_core::jmap::{Mailbox, find_folder};
+use archiver_tests::{App, SourceSimulator};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::util::{JMAP_PASSWORD, JMAP_SESSION_URL, JMAP_USER, Jmap};
+
+const TOKEN: &str = "pipeline-admin-token";
+const CONNECTOR: &str = "att-pipeline";
+const DOMAIN: &str = "sms.archive.invalid";
+const FOLDER: &str = "AT&T SMS/MMS Network Archiver";
+/// 2026-11-26T02:00:00Z, the timer of the day after the messages.
+const TIMER: u64 = 1_795_658_400;
+
+fn person(phone: &str, email: Option<&str>, name: Option<&str>) -> Value {
+    json!({ "phone": phone, "email": email, "name": name })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn message(
+    id: &str,
+    kind: &str,
+    direction: &str,
+    sent_at: &str,
+    archived_at: &str,
+    from: Value,
+    to: Vec<Value>,
+    subject: Option<&str>,
+    body: &str,
+    attachments: Vec<Value>,
+) -> Value {
+    json!({ "id": id, "kind": kind, "direction": direction, "sent_at": sent_at,
+        "archived_at": archived_at, "from": from, "to": to, "subject": subject, "body": body,
+        "attachments": attachments, "carrier_extra": { "cell": "x" } })
+}
+
+fn attachment(
+    source: &SourceSimulator,
+    id: &str,
+    name: &str,
+    content_type: &str,
+    size: usize,
+) -> Value {
+    let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+    let digest = sha256_hex(&bytes);
+    source.add_attachment(id, content_type, bytes);
+    json!({ "id": id, "filename": name, "content_type": content_type, "size": size, "sha256": digest })
+}
+
+/// The day: who gets which message (by source id).
+fn the_day(source: &SourceSimulator) -> BTreeMap<&'static str, Vec<&'static str>> {
+    let alice = person("+12025550101", Some("alice@acme.example"), Some("Alice Ng"));
+    let bob = person("+12025550102", Some("bob@acme.example"), Some("Bob Ruiz"));
+    let carol = person("+12025550103", None, Some("Carol Diaz"));
+    let dave = person("+12025550104", Some("dave@acme.example"), Some("Dave Kim"));
+    let outside = person("+13125550199", None, None);
+    let reassigned = person("+12025550150", None, None);
+    let photo = attachment(source, "a-photo", "IMG_0042.jpg", "image/jpeg", 30_000);
+    let video = attachment(source, "a-video", "site.mp4", "video/mp4", 12 * 1024 * 1024);
+    let day = |t: &str| format!("2026-11-25T{t}Z");
+    let messages = [
+        message(
+            "m01",
+            "sms",
+            "outbound",
+            &day("10:00:00"),
+            &day("10:00:01"),
+            alice.clone(),
+            vec![outside.clone()],
+            None,
+            "Running late",
+            vec![],
+        ),
+        message(
+            "m02",
+            "mms",
+            "inbound",
+            &day("11:00:00"),
+            &day("11:00:02"),
+            outside.clone(),
+            vec![alice.clone(), bob.clone()],
+            Some("Site photos"),
+            "Here is the damage",
+            vec![photo],
+        ),
+        message(
+            "m03",
+            "mms",
+            "outbound",
+            &day("11:05:00"),
+            &day("11:05:01"),
+            bob.clone(),
+            vec![outside.clone(), alice.clone()],
+            Some("Site photos"),
+            "Thanks",
+            vec![],
+        ),
+        message(
+            "m04",
+            "sms",
+            "inbound",
+            &day("12:00:00"),
+            &day("12:00:01"),
+            outside.clone(),
+            vec![alice.clone()],
+            None,
+            "On my way",
+            vec![],
+        ),
+        message(
+            "m05",
+            "sms",
+            "outbound",
+            &day("13:00:00"),
+            &day("13:00:01"),
+            alice.clone(),
+            vec![bob.clone()],
+            None,
+            "Lunch?",
+            vec![],
+        ),
+        message(
+            "m06",
+            "sms",
+            "inbound",
+            &day("14:00:00"),
+            &day("14:00:01"),
+            person("24273", None, None),
+            vec![carol.clone()],
+            None,
+            "Your code is 123456",
+            vec![],
+        ),
+        message(
+            "m07",
+            "sms",
+            "inbound",
+            &day("15:00:00"),
+            &day("15:00:01"),
+            person("ACMEBANK", None, None),
+            vec![dave.clone()],
+            None,
+            "Payment received",
+            vec![],
+        ),
+        message(
+            "m08",
+            "sms",
+            "inbound",
+            &day("16:00:00"),
+            &day("16:00:01"),
+            outside.clone(),
+            vec![reassigned.clone()],
+            None,
+            "Hi, new owner?",
+            vec![],
+        ),
+        message(
+            "m09",
+            "sms",
+            "inbound",
+            "2026-11-24T23:30:00Z",
+            &day("03:00:00"),
+            outside.clone(),
+            vec![reassigned],
+            None,
+            "Message for the old owner",
+            vec![],
+        ),
+        message(
+            "m10",
+            "sms",
+            "inbound",
+            &day("17:00:00"),
+            &day("17:00:01"),
+            person("+13125550100", None, None),
+            vec![person("+12025550199", None, None)],
+            None,
+            "Nobody's phone",
+            vec![],
+        ),
+        message(
+            "m11",
+            "fax",
+            "inbound",
+            &day("18:00:00"),
+            &day("18:00:01"),
+            outside.clone(),
+            vec![alice.clone()],
+            None,
+            "Not a kind we know",
+            vec![],
+        ),
+        message(
+            "m12",
+            "mms",
+            "inbound",
+            &day("19:00:00"),
+            &day("19:00:01"),
+            outside.clone(),
+            vec![bob.clone()],
+            Some("Big video"),
+            "12 MB",
+            vec![video],
+        ),
+        message(
+            "m13",
+            "sms",
+            "inbound",
+            &day("20:00:00"),
+            &day("20:00:01"),
+            outside.clone(),
+            vec![carol],
+            None,
+            "שלום 👋 مرحبا بك — 你好",
+            vec![],
+        ),
+        // A late re-delivery of m05 in the next window: archived once only.
+        message(
+            "m05",
+            "sms",
+            "outbound",
+            &day("13:00:00"),
+            "2026-11-26T02:30:00Z",
+            alice,
+            vec![bob],
+            None,
+            "Lunch?",
+            vec![],
+        ),
+    ];
+    for m in messages {
+        source.add_message(m);
+    }
+    BTreeMap::from([
+        (
+            "alice@acme.example",
+            vec!["m01", "m02", "m03", "m04", "m05"],
+        ),
+        ("bob@acme.example", vec!["m02", "m03", "m05", "m12"]),
+        ("carol@acme.example", vec!["m06", "m13"]),
+        ("dave@acme.example", vec!["m07", "m08"]),
+        ("erin@acme.example", vec!["m09"]),
+    ])
+}
+
+const MAPPING: &str = "phone,email,valid_from,valid_to\n\
+    12025550103,carol@acme.example,,\n\
+    +12025550150,erin@acme.example,,2026-11-24\n\
+    +12025550150,dave@acme.example,2026-11-25,\n";
+
+async fn admin(app: &App, method: &str, path: &str, content_type: &str, body: String) -> Value {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", content_type)
+        .body(Bytes::from(body))
+        .unwrap();
+    let response = app.send(request).await.unwrap();
+    assert!(
+        response.status < 300,
+        "{method} {path}: {} {}",
+        response.status,
+        response.text()
+    );
+    response.json().unwrap_or(Value::Null)
+}
+
+/// Each user's archived emails: source id -> (Message-ID, receivedAt, subject, thread, sizes).
+async fn folder_contents(jmap: &Jmap, account: &str) -> BTreeMap<String, Value> {
+    let mailboxes = jmap
+        .call(
+            "Mailbox/get",
+            json!({ "accountId": account, "ids": null, "properties": ["id", "name", "parentId"] }),
+        )
+        .await;
+    let mailboxes: Vec<Mailbox> = serde_json::from_value(mailboxes["list"].clone()).unwrap();
+    let Some(folder) = find_folder(&mailboxes, FOLDER) else {
+        return BTreeMap::new();
+    };
+    let parent = mailboxes
+        .iter()
+        .find(|m| m.id == folder)
+        .unwrap()
+        .parent_id
+        .clone();
+    let parent_name = mailboxes
+        .iter()
+        .find(|m| Some(&m.id) == parent.as_ref())
+        .map(|m| m.name.as_str());
+    assert_eq!(
+        parent_name,
+        Some("AT&T SMS"),
+        "Cyrus holds the folder as a hierarchy"
+    );
+    let ids = jmap
+        .call(
+            "Email/query",
+            json!({ "accountId": account, "filter": { "inMailbox": folder }, "limit": 100 }),
+        )
+        .await;
+    let emails = jmap
+        .call(
+            "Email/get",
+            json!({ "accountId": account, "ids": ids["ids"], "properties": [
+                "messageId", "receivedAt", "subject", "threadId", "attachments", "keywords",
+                "header:X-Archive-Source-Id:asText"
+            ], "bodyProperties": ["size", "name", "type"] }),
+        )
+        .await;
+    let mut contents = BTreeMap::new();
+    for email in emails["list"].as_array().unwrap() {
+        let source_id = email["header:X-Archive-Source-Id:asText"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            contents.insert(source_id.clone(), email.clone()).is_none(),
+            "{source_id} twice in {account}"
+        );
+    }
+    contents
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_day_of_texts_lands_in_each_users_folder_once() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let expected = the_day(&source);
+    let app = App::builder("spin.toml")
+        .variable("admin_token", TOKEN)
+        .variable("staging_key", "6b".repeat(32))
+        .variable("source_origin", source.origin())
+        .variable("jmap_origin", "http://127.0.0.1:18080")
+        .variable("jmap_session_url", JMAP_SESSION_URL)
+        .variable("jmap_username", JMAP_USER)
+        .variable("jmap_password", JMAP_PASSWORD)
+        .build()
+        .unwrap();
+    let connector = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
+        "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
+    admin(
+        &app,
+        "PUT",
+        &format!("/api/connectors/{CONNECTOR}"),
+        "application/json",
+        connector.to_string(),
+    )
+    .await;
+    admin(
+        &app,
+        "PUT",
+        &format!("/api/connectors/{CONNECTOR}/mapping"),
+        "text/csv",
+        MAPPING.into(),
+    )
+    .await;
+
+    assert_eq!(
+        app.fire_cron("archive-fetch", TIMER).await.unwrap(),
+        Ok(()),
+        "{}",
+        app.logs()
+    );
+
+    let sent_at: BTreeMap<&str, &str> = [
+        ("m01", "2026-11-25T10:00:00Z"),
+        ("m02", "2026-11-25T11:00:00Z"),
+        ("m03", "2026-11-25T11:05:00Z"),
+        ("m04", "2026-11-25T12:00:00Z"),
+        ("m05", "2026-11-25T13:00:00Z"),
+        ("m06", "2026-11-25T14:00:00Z"),
+        ("m07", "2026-11-25T15:00:00Z"),
+        ("m08", "2026-11-25T16:00:00Z"),
+        ("m09", "2026-11-24T23:30:00Z"),
+        ("m12", "2026-11-25T19:00:00Z"),
+        ("m13", "2026-11-25T20:00:00Z"),
+    ]
+    .into();
+    let mut before = BTreeMap::new();
+    for (user, ids) in &expected {
+        let contents = folder_contents(&jmap, user).await;
+        let found: Vec<&str> = contents.keys().map(String::as_str).collect();
+        assert_eq!(&found, ids, "{user}'s folder");
+        for (id, email) in &contents {
+            assert_eq!(
+                email["messageId"][0],
+                message_id(CONNECTOR, id, DOMAIN),
+                "{user} {id}"
+            );
+            assert_eq!(email["receivedAt"], sent_at[id.as_str()], "{user} {id}");
+            assert_eq!(email["keywords"].get("$draft"), None, "{user} {id}");
+        }
+        before.insert(*user, contents);
+    }
+    let alice = &before["alice@acme.example"];
+    assert_eq!(
+        alice["m02"]["threadId"], alice["m03"]["threadId"],
+        "a group MMS is one thread"
+    );
+    assert_eq!(
+        alice["m01"]["threadId"], alice["m04"]["threadId"],
+        "both directions thread"
+    );
+    assert_ne!(alice["m01"]["threadId"], alice["m02"]["threadId"]);
+    assert_eq!(alice["m02"]["subject"], "Site photos");
+    assert_eq!(alice["m01"]["subject"], "SMS with Alice Ng, +13125550199");
+    assert_eq!(alice["m02"]["attachments"][0]["size"], 30_000);
+    assert_eq!(alice["m02"]["attachments"][0]["name"], "IMG_0042.jpg");
+    let bob = &before["bob@acme.example"];
+    assert_eq!(bob["m12"]["attachments"][0]["size"], 12 * 1024 * 1024);
+    assert_eq!(
+        before["carol@acme.example"]["m13"]["subject"],
+        "SMS with Carol Diaz, +13125550199"
+    );
+
+    let status = admin(
+        &app,
+        "GET",
+        &format!("/api/connectors/{CONNECTOR}/status"),
+        "application/json",
+        String::new(),
+    )
+    .await;
+    let run = &status["runs"][0];
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["figures"]["fetched"], 13, "{run}");
+    assert_eq!(run["figures"]["invalid"], 1);
+    assert_eq!(run["figures"]["unmapped"], 1);
+    assert_eq!(run["figures"]["available_for_import"], 14);
+    assert_eq!(run["invariant_holds"], true);
+    let reasons: Vec<(String, String)> = status["not_imported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["item_id"].as_str().unwrap().to_string(),
+                n["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        reasons.contains(&("m10".into(), "unmapped".into())),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&("m11".into(), "invalid_source_record".into())),
+        "{reasons:?}"
+    );
+
+    // The next timer event re-reads the overlap (and m05's late re-delivery): nothing is added.
+    assert_eq!(
+        app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap(),
+        Ok(()),
+        "{}",
+        app.logs()
+    );
+    for (user, contents) in &before {
+        let after = folder_contents(&jmap, user).await;
+        assert_eq!(
+            after.keys().collect::<Vec<_>>(),
+            contents.keys().collect::<Vec<_>>(),
+            "{user}"
+        );
+    }
+    assert!(
+        app.kv_keys("default")
+            .unwrap()
+            .iter()
+            .all(|k| !k.starts_with("stage/")),
+        "staging is purged"
+    );
+}
