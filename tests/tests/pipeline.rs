@@ -222,6 +222,18 @@ fn the_day(source: &SourceSimulator) -> BTreeMap<&'static str, Vec<&'static str>
             "שלום 👋 مرحبا بك — 你好",
             vec![],
         ),
+        message(
+            "m14",
+            "sms",
+            "inbound",
+            &day("21:00:00"),
+            &day("21:00:01"),
+            outside.clone(),
+            vec![person("+12025550105", None, None)],
+            None,
+            "For a user without a mailbox",
+            vec![],
+        ),
         // A late re-delivery of m05 in the next window: archived once only.
         message(
             "m05",
@@ -254,7 +266,8 @@ fn the_day(source: &SourceSimulator) -> BTreeMap<&'static str, Vec<&'static str>
 const MAPPING: &str = "phone,email,valid_from,valid_to\n\
     12025550103,carol@acme.example,,\n\
     +12025550150,erin@acme.example,,2026-11-24\n\
-    +12025550150,dave@acme.example,2026-11-25,\n";
+    +12025550150,dave@acme.example,2026-11-25,\n\
+    +12025550105,frank@acme.example,,\n";
 
 async fn admin(app: &App, method: &str, path: &str, content_type: &str, body: String) -> Value {
     let request = http::Request::builder()
@@ -335,16 +348,7 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
     let jmap = Jmap::connect().await;
     let source = SourceSimulator::start("att-admin", "archive-password").await;
     let expected = the_day(&source);
-    let app = App::builder("spin.toml")
-        .variable("admin_token", TOKEN)
-        .variable("staging_key", "6b".repeat(32))
-        .variable("source_origin", source.origin())
-        .variable("jmap_origin", "http://127.0.0.1:18080")
-        .variable("jmap_session_url", JMAP_SESSION_URL)
-        .variable("jmap_username", JMAP_USER)
-        .variable("jmap_password", JMAP_PASSWORD)
-        .build()
-        .unwrap();
+    let app = archiver_at(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL, None);
     let connector = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
         "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
     admin(
@@ -432,10 +436,11 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
     .await;
     let run = &status["runs"][0];
     assert_eq!(run["state"], "succeeded", "{run}");
-    assert_eq!(run["figures"]["fetched"], 13, "{run}");
+    assert_eq!(run["figures"]["fetched"], 14, "{run}");
     assert_eq!(run["figures"]["invalid"], 1);
     assert_eq!(run["figures"]["unmapped"], 1);
-    assert_eq!(run["figures"]["available_for_import"], 14);
+    assert_eq!(run["figures"]["available_for_import"], 15);
+    assert_eq!(run["figures"]["failed"], 1, "frank has no mailbox");
     assert_eq!(run["invariant_holds"], true);
     let reasons: Vec<(String, String)> = status["not_imported"]
         .as_array()
@@ -454,6 +459,10 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
     );
     assert!(
         reasons.contains(&("m11".into(), "invalid_source_record".into())),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&("m14".into(), "no_such_mailbox".into())),
         "{reasons:?}"
     );
 
@@ -478,5 +487,189 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
             .iter()
             .all(|k| !k.starts_with("stage/")),
         "staging is purged"
+    );
+}
+
+/// The archiver on the test host, reading `source` and delivering to `session_url`.
+fn archiver_at(
+    source: &SourceSimulator,
+    origin: &str,
+    session_url: &str,
+    kv: Option<&std::path::Path>,
+) -> App {
+    let mut builder = App::builder("spin.toml")
+        .variable("admin_token", TOKEN)
+        .variable("staging_key", "6b".repeat(32))
+        .variable("source_origin", source.origin())
+        .variable("jmap_origin", origin)
+        .variable("jmap_session_url", session_url)
+        .variable("jmap_username", JMAP_USER)
+        .variable("jmap_password", JMAP_PASSWORD);
+    if let Some(kv) = kv {
+        builder = builder.kv_file(kv);
+    }
+    builder.build().unwrap()
+}
+
+async fn status_of(app: &App, connector: &str) -> Value {
+    admin(
+        app,
+        "GET",
+        &format!("/api/connectors/{connector}/status"),
+        "application/json",
+        String::new(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn source_and_destination_failures_lose_nothing_and_are_caught_up() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let grace = person(
+        "+12025550107",
+        Some("grace@acme.example"),
+        Some("Grace Lee"),
+    );
+    let outside = person("+13125550177", None, None);
+    source.add_message(message(
+        "g1",
+        "sms",
+        "inbound",
+        "2026-11-25T09:00:00Z",
+        "2026-11-25T09:00:01Z",
+        outside,
+        vec![grace],
+        None,
+        "Kept safe through outages",
+        vec![],
+    ));
+    // The mail server is down at first: nothing listens on port 9.
+    let app = archiver_at(
+        &source,
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9/jmap/",
+        None,
+    );
+    let connector = "att-outages";
+    let body = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
+        "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
+    admin(
+        &app,
+        "PUT",
+        &format!("/api/connectors/{connector}"),
+        "application/json",
+        body.to_string(),
+    )
+    .await;
+
+    // The archive stays unavailable through every retry: the run fails, the window is kept.
+    source.fail_next("/v1/messages", 503, 4);
+    assert!(
+        app.fire_cron("archive-fetch", TIMER)
+            .await
+            .unwrap()
+            .is_err()
+    );
+    let status = status_of(&app, connector).await;
+    assert_eq!(status["runs"][0]["state"], "failed");
+    assert!(
+        status["runs"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unavailable"),
+        "{status}"
+    );
+    assert!(
+        app.kv_get("default", &format!("connector/{connector}/watermark"))
+            .unwrap()
+            .is_none()
+    );
+    let requests = source
+        .requests()
+        .iter()
+        .filter(|r| r.1.starts_with("/v1/messages"))
+        .count();
+    assert_eq!(requests, 4, "retried with back-off before giving up");
+
+    // Refused credentials raise the health flag.
+    source.set_password("rotated");
+    assert!(
+        app.fire_cron("archive-fetch", TIMER)
+            .await
+            .unwrap()
+            .is_err()
+    );
+    let status = status_of(&app, connector).await;
+    assert!(
+        status["health"]["source_login_failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("401"),
+        "{status}"
+    );
+    source.set_password("archive-password");
+
+    // A 429 with Retry-After is waited out; the item is staged, but the mail server is down.
+    source.fail_next("/v1/messages", 429, 1);
+    assert!(
+        app.fire_cron("archive-fetch", TIMER)
+            .await
+            .unwrap()
+            .is_err()
+    );
+    let status = status_of(&app, connector).await;
+    assert_eq!(
+        status["health"]["source_login_failure"],
+        Value::Null,
+        "cleared by a good login"
+    );
+    assert!(
+        status["runs"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("mail server"),
+        "{status}"
+    );
+    assert!(
+        app.kv_keys("default")
+            .unwrap()
+            .iter()
+            .any(|k| k.starts_with(&format!("stage/{connector}/")))
+    );
+    assert!(
+        folder_contents(&jmap, "grace@acme.example")
+            .await
+            .is_empty()
+    );
+
+    // The next day, with the mail server back, the staged item is delivered exactly once.
+    let recovered = archiver_at(
+        &source,
+        "http://127.0.0.1:18080",
+        JMAP_SESSION_URL,
+        Some(app.kv_path()),
+    );
+    assert_eq!(
+        recovered
+            .fire_cron("archive-fetch", TIMER + 86_400)
+            .await
+            .unwrap(),
+        Ok(()),
+        "{}",
+        recovered.logs()
+    );
+    let delivered = folder_contents(&jmap, "grace@acme.example").await;
+    assert_eq!(delivered.keys().collect::<Vec<_>>(), ["g1"]);
+    assert_eq!(
+        status_of(&recovered, connector).await["runs"][0]["state"],
+        "succeeded"
+    );
+    assert!(
+        recovered
+            .kv_keys("default")
+            .unwrap()
+            .iter()
+            .all(|k| !k.starts_with("stage/"))
     );
 }

@@ -224,6 +224,11 @@ async fn stage_window(
     let mut items = state
         .run_items(&connector.id, &run.id)
         .map_err(store_error)?;
+    for key in state.pending(&connector.id).map_err(store_error)? {
+        if !items.contains(&key) {
+            items.push(key);
+        }
+    }
     let mut not_imported = state
         .not_imported(&connector.id, &run.id)
         .map_err(store_error)?;

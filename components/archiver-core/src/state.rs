@@ -19,6 +19,7 @@
 //! | `stage/{id}/{item}` | a [`StagedItem`] waiting for delivery |
 //! | `stage/{id}/{item}/{attachment}/{n}` | chunk `n` of an attachment's bytes |
 //! | `archived/{id}/{item}` | an [`ArchivedItem`]: every copy delivered, staging purged |
+//! | `connector/{id}/pending` | JSON list of the item keys staged and not yet archived |
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -312,6 +313,10 @@ fn attachment_chunk_key(id: &str, item: &str, attachment: usize, n: usize) -> St
     format!("stage/{id}/{item}/{attachment}/{n}")
 }
 
+fn pending_key(id: &str) -> String {
+    format!("connector/{id}/pending")
+}
+
 fn archived_key(id: &str, item: &str) -> String {
     format!("archived/{id}/{item}")
 }
@@ -351,7 +356,19 @@ impl<K: KeyValue> State<'_, K> {
                     .set(&attachment_chunk_key(id, &item.key, index, n), chunk)?;
             }
         }
-        self.write(&staged_key(id, &item.key), item)
+        self.write(&staged_key(id, &item.key), item)?;
+        let mut pending = self.pending(id)?;
+        if !pending.contains(&item.key) {
+            pending.push(item.key.clone());
+            self.write(&pending_key(id), &pending)?;
+        }
+        Ok(())
+    }
+
+    /// Items staged by any run and not yet archived: a later run delivers what an earlier one
+    /// could not.
+    pub fn pending(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.read(&pending_key(id))?.unwrap_or_default())
     }
 
     pub fn update_staged(&self, id: &str, item: &StagedItem) -> Result<(), StoreError> {
@@ -403,7 +420,13 @@ impl<K: KeyValue> State<'_, K> {
                     .delete(&attachment_chunk_key(id, &item.key, index, n))?;
             }
         }
-        self.kv.delete(&staged_key(id, &item.key))
+        self.kv.delete(&staged_key(id, &item.key))?;
+        let mut pending = self.pending(id)?;
+        if pending.contains(&item.key) {
+            pending.retain(|key| *key != item.key);
+            self.write(&pending_key(id), &pending)?;
+        }
+        Ok(())
     }
 
     pub fn archived(&self, id: &str, item: &str) -> Result<Option<ArchivedItem>, StoreError> {
