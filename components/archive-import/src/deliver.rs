@@ -119,7 +119,133 @@ enum Copy {
     Refused(NotImportedReason, String),
 }
 
-/// Imports every item the run staged; updates the run's figures and state.
+/// Emails per `Email/import` call.
+const IMPORT_BATCH: usize = 50;
+
+/// A copy uploaded and waiting for its account's next `Email/import`.
+struct Queued {
+    item: usize,
+    user: String,
+    participant: Option<String>,
+    blob_id: String,
+    mailbox: String,
+}
+
+/// One run's delivery: the items, the outcome of every copy, and the copies queued per account.
+struct Importer<'a, 'c> {
+    state: &'a State<'a, SpinStore>,
+    connector_id: &'a str,
+    run: Run,
+    destination: Destination<'c>,
+    items: Vec<StagedItem>,
+    /// Items with a copy that failed transiently: they stay staged.
+    kept: Vec<bool>,
+    not_imported: Vec<NotImported>,
+    queued: BTreeMap<String, Vec<Queued>>,
+    transient: Option<String>,
+}
+
+impl Importer<'_, '_> {
+    fn settle(
+        &mut self,
+        item: usize,
+        user: &str,
+        participant: Option<String>,
+        outcome: Result<Copy, Transient>,
+    ) -> anyhow::Result<()> {
+        let figures = &mut self.run.figures;
+        let (reason, detail) = match outcome {
+            Ok(Copy::Imported) | Ok(Copy::Duplicate) => {
+                if matches!(outcome, Ok(Copy::Imported)) {
+                    figures.imported += 1;
+                } else {
+                    figures.skipped_duplicate += 1;
+                }
+                let staged = &mut self.items[item];
+                if !staged
+                    .delivered_to
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(user))
+                {
+                    staged.delivered_to.push(user.to_string());
+                    self.state.update_staged(self.connector_id, staged)?;
+                }
+                return Ok(());
+            }
+            Ok(Copy::Refused(reason, detail)) => {
+                figures.failed += 1;
+                (reason, detail)
+            }
+            Err(Transient(detail)) => {
+                figures.failed += 1;
+                self.kept[item] = true;
+                self.transient = Some(detail.clone());
+                let detail = format!("{detail}; kept for the next attempt");
+                (NotImportedReason::DestinationRefused, detail)
+            }
+        };
+        let record = record(
+            &self.run,
+            &self.items[item],
+            participant,
+            Some(user.to_string()),
+            reason,
+            detail,
+        );
+        self.not_imported.push(record);
+        Ok(())
+    }
+
+    /// Imports the copies queued for `account` in one call.
+    async fn flush(&mut self, account: &str) -> anyhow::Result<()> {
+        let Some(queued) = self.queued.remove(account) else {
+            return Ok(());
+        };
+        let mut by_mailbox: BTreeMap<String, Vec<(usize, Queued)>> = BTreeMap::new();
+        for (n, copy) in queued.into_iter().enumerate() {
+            by_mailbox
+                .entry(copy.mailbox.clone())
+                .or_default()
+                .push((n, copy));
+        }
+        for (mailbox, copies) in by_mailbox {
+            let imports: Vec<ImportItem> = copies
+                .iter()
+                .map(|(n, copy)| ImportItem {
+                    key: format!("e{n}"),
+                    blob_id: copy.blob_id.clone(),
+                    received_at: self.items[copy.item].message.sent_at,
+                })
+                .collect();
+            let answer = self
+                .destination
+                .call(jmap::import_request(account, &mailbox, &imports))
+                .await
+                .and_then(|body| jmap::parse_import(&body).map_err(|e| Transient(e.to_string())));
+            for (n, copy) in copies {
+                let outcome = match &answer {
+                    Err(Transient(detail)) => Err(Transient(detail.clone())),
+                    Ok(outcomes) => match outcomes.get(&format!("e{n}")) {
+                        Some(ImportOutcome::Created(_)) => Ok(Copy::Imported),
+                        Some(ImportOutcome::AlreadyExists(_)) => Ok(Copy::Duplicate),
+                        Some(ImportOutcome::Refused(reason)) => Ok(Copy::Refused(
+                            NotImportedReason::DestinationRefused,
+                            reason.clone(),
+                        )),
+                        None => Err(Transient(
+                            "the mail server did not answer for an email".into(),
+                        )),
+                    },
+                };
+                self.settle(copy.item, &copy.user, copy.participant, outcome)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Imports every item the run staged, in batches per account; updates the run's figures and
+/// state. Copies that failed transiently leave their item staged for the next run.
 pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serde_json::Value> {
     let config = Config::load()?;
     let store = SpinStore::open()?;
@@ -157,42 +283,55 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
             );
         }
     };
-    let mut destination = Destination {
-        config: &config,
-        session: Session::parse(&session_answer.body, &config.session_url)?,
-        folders: BTreeMap::new(),
+    let mut items = Vec::new();
+    for key in state.run_items(connector_id, run_id)? {
+        if let Some(item) = state.staged(connector_id, &key)? {
+            items.push(item);
+        }
+    }
+    let mut importer = Importer {
+        state: &state,
+        connector_id,
+        destination: Destination {
+            config: &config,
+            session: Session::parse(&session_answer.body, &config.session_url)?,
+            folders: BTreeMap::new(),
+        },
+        kept: vec![false; items.len()],
+        items,
+        not_imported: state.not_imported(connector_id, run_id)?,
+        queued: BTreeMap::new(),
+        transient: None,
+        run,
     };
 
-    let mut not_imported = state.not_imported(connector_id, run_id)?;
-    let mut transient = None;
-    for key in state.run_items(connector_id, run_id)? {
-        let Some(mut item) = state.staged(connector_id, &key)? else {
-            continue;
-        };
-        let delivery = rules.delivery(&item.message);
+    for index in 0..importer.items.len() {
+        let delivery = rules.delivery(&importer.items[index].message);
         if delivery.is_unmapped() {
-            run.figures.unmapped += 1;
+            importer.run.figures.unmapped += 1;
             for participant in &delivery.unmapped {
-                not_imported.push(record(
-                    &run,
-                    &item,
+                let unmapped = record(
+                    &importer.run,
+                    &importer.items[index],
                     Some(participant.address.clone()),
                     None,
                     NotImportedReason::Unmapped,
                     participant.reason.to_string(),
-                ));
+                );
+                importer.not_imported.push(unmapped);
             }
-            state.archive(connector_id, &item, Utc::now())?;
             continue;
         }
-        let attachments = state.staged_attachments(connector_id, &item)?;
+        let attachments = state.staged_attachments(connector_id, &importer.items[index])?;
         let slices: Vec<&[u8]> = attachments.iter().map(Vec::as_slice).collect();
-        let email = build_email(&item.message, &rules, &slices, &options);
-        let mut item_transient = false;
+        let email = build_email(&importer.items[index].message, &rules, &slices, &options);
+        drop(attachments);
         for recipient in &delivery.recipients {
-            run.figures.available_for_import += 1;
-            let outcome = match &email {
-                Err(e) => Ok(Copy::Refused(
+            importer.run.figures.available_for_import += 1;
+            let participant = recipient.as_participants.first().cloned();
+            let item = &importer.items[index];
+            let prepared = match &email {
+                Err(e) => Err(Copy::Refused(
                     NotImportedReason::AttachmentMismatch,
                     e.to_string(),
                 )),
@@ -202,65 +341,64 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
                         .iter()
                         .any(|d| d.eq_ignore_ascii_case(&recipient.email)) =>
                 {
-                    Ok(Copy::Duplicate)
+                    Err(Copy::Duplicate)
                 }
                 Ok(bytes) => {
-                    deliver_copy(
-                        &mut destination,
-                        &connector.folder,
+                    let folder = connector.folder.clone();
+                    match prepare_copy(
+                        &mut importer.destination,
+                        &folder,
                         &recipient.email,
-                        &item,
+                        item,
                         bytes.clone(),
                         &options,
                     )
                     .await
-                }
-            };
-            match outcome {
-                Ok(Copy::Imported) => {
-                    run.figures.imported += 1;
-                    item.delivered_to.push(recipient.email.clone());
-                    state.update_staged(connector_id, &item)?;
-                }
-                Ok(Copy::Duplicate) => {
-                    run.figures.skipped_duplicate += 1;
-                    if !item.delivered_to.contains(&recipient.email) {
-                        item.delivered_to.push(recipient.email.clone());
-                        state.update_staged(connector_id, &item)?;
+                    {
+                        Ok(Ok((account, mailbox, blob_id))) => Ok((account, mailbox, blob_id)),
+                        Ok(Err(copy)) => Err(copy),
+                        Err(transient) => {
+                            importer.settle(
+                                index,
+                                &recipient.email,
+                                participant,
+                                Err(transient),
+                            )?;
+                            continue;
+                        }
                     }
                 }
-                Ok(Copy::Refused(reason, detail)) => {
-                    run.figures.failed += 1;
-                    not_imported.push(record(
-                        &run,
-                        &item,
-                        recipient.as_participants.first().cloned(),
-                        Some(recipient.email.clone()),
-                        reason,
-                        detail,
-                    ));
-                }
-                Err(Transient(detail)) => {
-                    run.figures.failed += 1;
-                    item_transient = true;
-                    transient = Some(detail.clone());
-                    not_imported.push(record(
-                        &run,
-                        &item,
-                        recipient.as_participants.first().cloned(),
-                        Some(recipient.email.clone()),
-                        NotImportedReason::DestinationRefused,
-                        format!("{detail}; kept for the next attempt"),
-                    ));
+            };
+            match prepared {
+                Err(copy) => importer.settle(index, &recipient.email, participant, Ok(copy))?,
+                Ok((account, mailbox, blob_id)) => {
+                    let queue = importer.queued.entry(account.clone()).or_default();
+                    queue.push(Queued {
+                        item: index,
+                        user: recipient.email.clone(),
+                        participant,
+                        blob_id,
+                        mailbox,
+                    });
+                    if queue.len() >= IMPORT_BATCH {
+                        importer.flush(&account).await?;
+                    }
                 }
             }
         }
-        if !item_transient {
-            state.archive(connector_id, &item, Utc::now())?;
+    }
+    let accounts: Vec<String> = importer.queued.keys().cloned().collect();
+    for account in accounts {
+        importer.flush(&account).await?;
+    }
+    for (item, kept) in importer.items.iter().zip(&importer.kept) {
+        if !kept {
+            state.archive(connector_id, item, Utc::now())?;
         }
     }
-    state.put_not_imported(connector_id, run_id, &not_imported)?;
-    match transient {
+    state.put_not_imported(connector_id, run_id, &importer.not_imported)?;
+    let mut run = importer.run;
+    match importer.transient {
         Some(detail) => fail(
             &state,
             &mut run,
@@ -306,20 +444,21 @@ fn record(
     }
 }
 
-/// One copy into one user's folder: skipped if the mailbox already holds its Message-ID.
-async fn deliver_copy(
+/// Readies one copy for import into one user's folder: its account, folder and uploaded blob,
+/// or what already became of it (no mailbox; the mailbox already holds its Message-ID).
+async fn prepare_copy(
     destination: &mut Destination<'_>,
     folder: &str,
     user: &str,
     item: &StagedItem,
     bytes: Vec<u8>,
     options: &EmailOptions<'_>,
-) -> Result<Copy, Transient> {
+) -> Result<Result<(String, String, String), Copy>, Transient> {
     let Some(account) = destination.session.account_for(user).map(str::to_string) else {
-        return Ok(Copy::Refused(
+        return Ok(Err(Copy::Refused(
             NotImportedReason::NoSuchMailbox,
             format!("the mail server has no mailbox {user} the service account may write to"),
-        ));
+        )));
     };
     let id = message_id(
         options.connector_id,
@@ -330,7 +469,7 @@ async fn deliver_copy(
         .call(jmap::find_message_request(&account, &id))
         .await?;
     if jmap::parse_find_message(&found).map_err(|e| Transient(e.to_string()))? {
-        return Ok(Copy::Duplicate);
+        return Ok(Err(Copy::Duplicate));
     }
     let mailbox = destination.folder(&account, folder).await?;
     let upload_url = destination.session.upload_url(&account);
@@ -338,29 +477,5 @@ async fn deliver_copy(
         .post(&upload_url, "message/rfc822", bytes)
         .await?;
     let blob_id = jmap::parse_upload(&uploaded).map_err(|e| Transient(e.to_string()))?;
-    let import = ImportItem {
-        key: "e".into(),
-        blob_id,
-        received_at: item.message.sent_at,
-    };
-    let answer = destination
-        .call(jmap::import_request(
-            &account,
-            &mailbox,
-            std::slice::from_ref(&import),
-        ))
-        .await?;
-    let outcomes = jmap::parse_import(&answer).map_err(|e| Transient(e.to_string()))?;
-    Ok(match outcomes.get("e") {
-        Some(ImportOutcome::Created(_)) => Copy::Imported,
-        Some(ImportOutcome::AlreadyExists(_)) => Copy::Duplicate,
-        Some(ImportOutcome::Refused(reason)) => {
-            Copy::Refused(NotImportedReason::DestinationRefused, reason.clone())
-        }
-        None => {
-            return Err(Transient(
-                "the mail server did not answer for the email".into(),
-            ));
-        }
-    })
+    Ok(Ok((account, mailbox, blob_id)))
 }
