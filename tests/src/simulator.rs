@@ -30,6 +30,8 @@ struct Inner {
     failures: Vec<(String, VecDeque<u16>)>,
     /// Every request seen: method, path and query, whether it carried valid credentials.
     requests: Vec<(String, String, bool)>,
+    /// The most items a page holds, whatever `limit` asks (the contract lets the server cap it).
+    page_cap: usize,
 }
 
 /// A running simulator; it stops when the test's runtime ends.
@@ -42,16 +44,20 @@ pub struct SourceSimulator {
 impl SourceSimulator {
     /// Starts on a free loopback port with the given credentials.
     pub async fn start(username: &str, password: &str) -> SourceSimulator {
+        Self::start_on("127.0.0.1:0", username, password).await
+    }
+
+    /// Starts on `address` (a loopback address and port) with the given credentials.
+    pub async fn start_on(address: &str, username: &str, password: &str) -> SourceSimulator {
         let inner = Arc::new(Mutex::new(Inner {
             username: username.to_string(),
             password: password.to_string(),
             account: json!({ "account_id": "acme-att-01", "organization": "Acme Corp",
                 "network": "AT&T", "time_zone": "America/New_York" }),
+            page_cap: PAGE_MAX,
             ..Inner::default()
         }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind(address).await.expect("bind");
         let address = listener.local_addr().expect("address");
         let served = inner.clone();
         tokio::spawn(async move {
@@ -94,6 +100,11 @@ impl SourceSimulator {
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         f(&mut self.inner.lock().expect("simulator lock"))
+    }
+
+    /// Caps pages at `items`, so a small day still spans several pages.
+    pub fn set_page_cap(&self, items: usize) {
+        self.with(|i| i.page_cap = items.max(1));
     }
 
     pub fn set_password(&self, password: &str) {
@@ -204,10 +215,10 @@ fn respond(
     match path.as_str() {
         "/v1/account" => json_response(200, &inner.account),
         "/v1/subscribers" => {
-            let (page, next) = paginate(&inner.subscribers, &query);
+            let (page, next) = paginate(&inner.subscribers, &query, inner.page_cap);
             json_response(200, &json!({ "subscribers": page, "next_cursor": next }))
         }
-        "/v1/messages" => messages(&inner.messages, &query),
+        "/v1/messages" => messages(&inner.messages, &query, inner.page_cap),
         _ => match path.strip_prefix("/v1/attachments/") {
             Some(id) => attachment(&inner.attachments, id, &parts.headers),
             None => json_response(404, &json!({ "error": "no such endpoint" })),
@@ -216,11 +227,11 @@ fn respond(
 }
 
 /// Pages through `items` with an opaque cursor (a base64 offset).
-fn paginate(items: &[Value], query: &str) -> (Vec<Value>, Option<String>) {
+fn paginate(items: &[Value], query: &str, cap: usize) -> (Vec<Value>, Option<String>) {
     let limit = query_param(query, "limit")
         .and_then(|l| l.parse().ok())
         .unwrap_or(PAGE_DEFAULT)
-        .clamp(1, PAGE_MAX);
+        .clamp(1, cap);
     let offset = query_param(query, "cursor")
         .and_then(|c| BASE64.decode(c.replace("%3D", "=")).ok())
         .and_then(|c| String::from_utf8(c).ok())
@@ -232,7 +243,7 @@ fn paginate(items: &[Value], query: &str) -> (Vec<Value>, Option<String>) {
     (page, next)
 }
 
-fn messages(all: &[Value], query: &str) -> hyper::Response<Full<Bytes>> {
+fn messages(all: &[Value], query: &str, cap: usize) -> hyper::Response<Full<Bytes>> {
     let instant = |name: &str| {
         query_param(query, name)
             .map(|t| t.replace("%3A", ":").replace("%2B", "+"))
@@ -255,7 +266,7 @@ fn messages(all: &[Value], query: &str) -> hyper::Response<Full<Bytes>> {
         .cloned()
         .collect();
     window.sort_by(|a, b| a["archived_at"].as_str().cmp(&b["archived_at"].as_str()));
-    let (page, next) = paginate(&window, query);
+    let (page, next) = paginate(&window, query, cap);
     json_response(200, &json!({ "messages": page, "next_cursor": next }))
 }
 

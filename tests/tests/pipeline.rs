@@ -348,6 +348,7 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
     let jmap = Jmap::connect().await;
     let source = SourceSimulator::start("att-admin", "archive-password").await;
     let expected = the_day(&source);
+    source.set_page_cap(4);
     let app = archiver_at(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL, None);
     let connector = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
         "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
@@ -442,6 +443,15 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
     assert_eq!(run["figures"]["available_for_import"], 15);
     assert_eq!(run["figures"]["failed"], 1, "frank has no mailbox");
     assert_eq!(run["invariant_holds"], true);
+    let pages = source
+        .requests()
+        .iter()
+        .filter(|r| r.1.starts_with("/v1/messages") && r.2)
+        .count();
+    assert!(
+        pages >= 4,
+        "the window spans several pages ({pages} requests)"
+    );
     let reasons: Vec<(String, String)> = status["not_imported"]
         .as_array()
         .unwrap()
