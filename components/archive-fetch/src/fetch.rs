@@ -314,6 +314,9 @@ async fn stage_window(
             .put_run_items(&connector.id, &run.id, &items)
             .map_err(store_error)?;
         state
+            .add_pending(&connector.id, &items)
+            .map_err(store_error)?;
+        state
             .put_not_imported(&connector.id, &run.id, &not_imported)
             .map_err(store_error)?;
         match page.next_cursor {

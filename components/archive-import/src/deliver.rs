@@ -284,9 +284,12 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
         }
     };
     let mut items = Vec::new();
+    // Keys no longer staged (archived by an earlier attempt) leave the pending list too.
+    let mut settled = Vec::new();
     for key in state.run_items(connector_id, run_id)? {
-        if let Some(item) = state.staged(connector_id, &key)? {
-            items.push(item);
+        match state.staged(connector_id, &key)? {
+            Some(item) => items.push(item),
+            None => settled.push(key),
         }
     }
     let mut importer = Importer {
@@ -394,8 +397,10 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
     for (item, kept) in importer.items.iter().zip(&importer.kept) {
         if !kept {
             state.archive(connector_id, item, Utc::now())?;
+            settled.push(item.key.clone());
         }
     }
+    state.remove_pending(connector_id, &settled)?;
     state.put_not_imported(connector_id, run_id, &importer.not_imported)?;
     let mut run = importer.run;
     match importer.transient {

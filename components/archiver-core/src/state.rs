@@ -13,13 +13,16 @@
 //! | `connector/{id}/runs` | JSON list of run ids, oldest first |
 //! | `connector/{id}/health` | [`HealthRecord`] |
 //! | `run/{id}/{run}` | the [`Run`] |
-//! | `run/{id}/{run}/not-imported` | JSON list of [`NotImported`] |
-//! | `run/{id}/{run}/items` | JSON list of the item keys the run staged |
+//! | `run/{id}/{run}/not-imported` | paged list of [`NotImported`] |
+//! | `run/{id}/{run}/items` | paged list of the item keys the run staged |
+//!
+//! A paged list keeps its page count under its key and each page (a JSON array of at most
+//! [`CHUNK_BYTES`]) under `{key}/{n}`.
 //! | `connector/{id}/watermark` | end of the last window staged whole (RFC 3339) |
 //! | `stage/{id}/{item}` | a [`StagedItem`] waiting for delivery |
 //! | `stage/{id}/{item}/{attachment}/{n}` | chunk `n` of an attachment's bytes |
 //! | `archived/{id}/{item}` | an [`ArchivedItem`]: every copy delivered, staging purged |
-//! | `connector/{id}/pending` | JSON list of the item keys staged and not yet archived |
+//! | `connector/{id}/pending` | paged list of the item keys staged and not yet archived |
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -109,6 +112,49 @@ impl<'a, K: KeyValue> State<'a, K> {
     fn write<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(|e| StoreError(e.to_string()))?;
         self.kv.set(key, &bytes)
+    }
+
+    /// A list that may grow large, stored as pages of at most [`CHUNK_BYTES`] of JSON under
+    /// `{key}/{page}` with the page count under `key`, written last.
+    fn read_list<T: DeserializeOwned>(&self, key: &str) -> Result<Vec<T>, StoreError> {
+        let pages: usize = self.read(key)?.unwrap_or(0);
+        let mut items = Vec::new();
+        for page in 0..pages {
+            let part: Vec<T> = self
+                .read(&format!("{key}/{page}"))?
+                .ok_or_else(|| StoreError(format!("list {key}: page {page} is missing")))?;
+            items.extend(part);
+        }
+        Ok(items)
+    }
+
+    fn write_list<T: Serialize>(&self, key: &str, items: &[T]) -> Result<(), StoreError> {
+        let old_pages: usize = self.read(key)?.unwrap_or(0);
+        let mut pages: Vec<Vec<u8>> = Vec::new();
+        let mut page: Vec<u8> = b"[".to_vec();
+        for item in items {
+            let bytes = serde_json::to_vec(item).map_err(|e| StoreError(e.to_string()))?;
+            if page.len() > 1 && page.len() + bytes.len() + 2 > CHUNK_BYTES {
+                page.push(b']');
+                pages.push(std::mem::replace(&mut page, b"[".to_vec()));
+            }
+            if page.len() > 1 {
+                page.push(b',');
+            }
+            page.extend_from_slice(&bytes);
+        }
+        if page.len() > 1 {
+            page.push(b']');
+            pages.push(page);
+        }
+        for (n, page) in pages.iter().enumerate() {
+            self.kv.set(&format!("{key}/{n}"), page)?;
+        }
+        self.write(key, &pages.len())?;
+        for n in pages.len()..old_pages {
+            self.kv.delete(&format!("{key}/{n}"))?;
+        }
+        Ok(())
     }
 
     pub fn connector_ids(&self) -> Result<Vec<String>, StoreError> {
@@ -276,7 +322,7 @@ impl<'a, K: KeyValue> State<'a, K> {
     }
 
     pub fn not_imported(&self, id: &str, run: &str) -> Result<Vec<NotImported>, StoreError> {
-        Ok(self.read(&not_imported_key(id, run))?.unwrap_or_default())
+        self.read_list(&not_imported_key(id, run))
     }
 
     pub fn put_not_imported(
@@ -285,7 +331,7 @@ impl<'a, K: KeyValue> State<'a, K> {
         run: &str,
         items: &[NotImported],
     ) -> Result<(), StoreError> {
-        self.write(&not_imported_key(id, run), &items)
+        self.write_list(&not_imported_key(id, run), items)
     }
 
     pub fn health(&self, id: &str) -> Result<HealthRecord, StoreError> {
@@ -331,11 +377,11 @@ impl<K: KeyValue> State<'_, K> {
     }
 
     pub fn run_items(&self, id: &str, run: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self.read(&run_items_key(id, run))?.unwrap_or_default())
+        self.read_list(&run_items_key(id, run))
     }
 
     pub fn put_run_items(&self, id: &str, run: &str, items: &[String]) -> Result<(), StoreError> {
-        self.write(&run_items_key(id, run), &items)
+        self.write_list(&run_items_key(id, run), items)
     }
 
     pub fn staged(&self, id: &str, item: &str) -> Result<Option<StagedItem>, StoreError> {
@@ -356,19 +402,39 @@ impl<K: KeyValue> State<'_, K> {
                     .set(&attachment_chunk_key(id, &item.key, index, n), chunk)?;
             }
         }
-        self.write(&staged_key(id, &item.key), item)?;
-        let mut pending = self.pending(id)?;
-        if !pending.contains(&item.key) {
-            pending.push(item.key.clone());
-            self.write(&pending_key(id), &pending)?;
-        }
-        Ok(())
+        self.write(&staged_key(id, &item.key), item)
     }
 
-    /// Items staged by any run and not yet archived: a later run delivers what an earlier one
-    /// could not.
+    /// Items staged by any run and not known archived: a later run delivers what an earlier
+    /// one could not. Kept as one paged list, updated once per page fetched and once per import.
     pub fn pending(&self, id: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self.read(&pending_key(id))?.unwrap_or_default())
+        self.read_list(&pending_key(id))
+    }
+
+    pub fn add_pending(&self, id: &str, keys: &[String]) -> Result<(), StoreError> {
+        let mut pending = self.pending(id)?;
+        let known: std::collections::BTreeSet<String> = pending.iter().cloned().collect();
+        let new: Vec<String> = keys
+            .iter()
+            .filter(|k| !known.contains(*k))
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        pending.extend(new);
+        self.write_list(&pending_key(id), &pending)
+    }
+
+    pub fn remove_pending(&self, id: &str, keys: &[String]) -> Result<(), StoreError> {
+        let gone: std::collections::BTreeSet<&String> = keys.iter().collect();
+        let mut pending = self.pending(id)?;
+        let before = pending.len();
+        pending.retain(|key| !gone.contains(key));
+        if pending.len() == before {
+            return Ok(());
+        }
+        self.write_list(&pending_key(id), &pending)
     }
 
     pub fn update_staged(&self, id: &str, item: &StagedItem) -> Result<(), StoreError> {
@@ -420,13 +486,7 @@ impl<K: KeyValue> State<'_, K> {
                     .delete(&attachment_chunk_key(id, &item.key, index, n))?;
             }
         }
-        self.kv.delete(&staged_key(id, &item.key))?;
-        let mut pending = self.pending(id)?;
-        if pending.contains(&item.key) {
-            pending.retain(|key| *key != item.key);
-            self.write(&pending_key(id), &pending)?;
-        }
-        Ok(())
+        self.kv.delete(&staged_key(id, &item.key))
     }
 
     pub fn archived(&self, id: &str, item: &str) -> Result<Option<ArchivedItem>, StoreError> {
@@ -519,6 +579,30 @@ mod tests {
         state.replace_mapping("c", &table(3900), now()).unwrap();
         // A chunk of the old version read now is gone; the reader must start again.
         assert_eq!(store.get(&chunk_key("c", old.version, 1)).unwrap(), None);
+    }
+
+    #[test]
+    fn long_lists_are_paged_under_the_value_limit_and_shrink_cleanly() {
+        let store = MemoryStore::default();
+        let state = State::new(&store);
+        let keys: Vec<String> = (0..20_000).map(|i| format!("{i:032x}")).collect();
+        state.put_run_items("c", "r", &keys).unwrap();
+        assert_eq!(state.run_items("c", "r").unwrap(), keys);
+        let values = store.keys();
+        assert!(values.len() > 3, "{values:?}");
+        assert!(
+            values
+                .iter()
+                .all(|k| store.get(k).unwrap().unwrap().len() <= CHUNK_BYTES)
+        );
+        state.put_run_items("c", "r", &keys[..10]).unwrap();
+        assert_eq!(state.run_items("c", "r").unwrap(), keys[..10]);
+        assert_eq!(store.keys().len(), 2, "one page and its count remain");
+        state.add_pending("c", &keys[..3]).unwrap();
+        state.add_pending("c", &keys[1..5]).unwrap();
+        assert_eq!(state.pending("c").unwrap(), keys[..5]);
+        state.remove_pending("c", &keys[..2]).unwrap();
+        assert_eq!(state.pending("c").unwrap(), keys[2..5]);
     }
 
     #[test]
