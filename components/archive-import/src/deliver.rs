@@ -8,10 +8,11 @@ use archiver_core::email::{EmailOptions, build_email, message_id};
 use archiver_core::jmap::{
     self, ImportItem, ImportOutcome, Mailbox, Session, create_folder_request, find_folder,
 };
+use archiver_core::ledger::{CopyOutcome, Ledger};
 use archiver_core::phone::Region;
 use archiver_core::pipeline::StagedItem;
 use archiver_core::resolve::MappingRules;
-use archiver_core::runs::{NotImported, NotImportedReason, Run, RunState};
+use archiver_core::runs::{NotImportedReason, Run, RunState};
 use archiver_core::source_client::{SourceRequest, basic_auth};
 use archiver_core::state::State;
 use chrono::Utc;
@@ -112,13 +113,6 @@ impl Destination<'_> {
     }
 }
 
-/// What became of one user's copy.
-enum Copy {
-    Imported,
-    Duplicate,
-    Refused(NotImportedReason, String),
-}
-
 /// Emails per `Email/import` call.
 const IMPORT_BATCH: usize = 50;
 
@@ -131,72 +125,42 @@ struct Queued {
     mailbox: String,
 }
 
-/// One run's delivery: the items, the outcome of every copy, and the copies queued per account.
+/// One run's delivery: the items, the ledger of outcomes, and the copies queued per account.
 struct Importer<'a, 'c> {
     state: &'a State<'a, SpinStore>,
     connector_id: &'a str,
-    run: Run,
     destination: Destination<'c>,
     items: Vec<StagedItem>,
-    /// Items with a copy that failed transiently: they stay staged.
-    kept: Vec<bool>,
-    not_imported: Vec<NotImported>,
+    ledger: Ledger,
     queued: BTreeMap<String, Vec<Queued>>,
-    transient: Option<String>,
 }
 
 impl Importer<'_, '_> {
+    /// Records an outcome; a copy the user now holds goes into the item's delivery record
+    /// at once, so a crash later never delivers it twice.
     fn settle(
         &mut self,
         item: usize,
         user: &str,
         participant: Option<String>,
-        outcome: Result<Copy, Transient>,
+        outcome: CopyOutcome,
     ) -> anyhow::Result<()> {
-        let figures = &mut self.run.figures;
-        let (reason, detail) = match outcome {
-            Ok(Copy::Imported) | Ok(Copy::Duplicate) => {
-                if matches!(outcome, Ok(Copy::Imported)) {
-                    figures.imported += 1;
-                } else {
-                    figures.skipped_duplicate += 1;
-                }
-                let staged = &mut self.items[item];
-                if !staged
-                    .delivered_to
-                    .iter()
-                    .any(|d| d.eq_ignore_ascii_case(user))
-                {
-                    staged.delivered_to.push(user.to_string());
-                    self.state.update_staged(self.connector_id, staged)?;
-                }
-                return Ok(());
-            }
-            Ok(Copy::Refused(reason, detail)) => {
-                figures.failed += 1;
-                (reason, detail)
-            }
-            Err(Transient(detail)) => {
-                figures.failed += 1;
-                self.kept[item] = true;
-                self.transient = Some(detail.clone());
-                let detail = format!("{detail}; kept for the next attempt");
-                (NotImportedReason::DestinationRefused, detail)
-            }
-        };
-        let record = record(
-            &self.run,
-            &self.items[item],
-            participant,
-            Some(user.to_string()),
-            reason,
-            detail,
-        );
-        self.not_imported.push(record);
+        let staged = &mut self.items[item];
+        if self
+            .ledger
+            .settle(item, &staged.message.id, user, participant, outcome)
+            && !staged
+                .delivered_to
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(user))
+        {
+            staged.delivered_to.push(user.to_string());
+            self.state.update_staged(self.connector_id, staged)?;
+        }
         Ok(())
     }
 
-    /// Imports the copies queued for `account` in one call.
+    /// Imports the copies queued for `account`, one call per mailbox.
     async fn flush(&mut self, account: &str) -> anyhow::Result<()> {
         let Some(queued) = self.queued.remove(account) else {
             return Ok(());
@@ -217,24 +181,27 @@ impl Importer<'_, '_> {
                     received_at: self.items[copy.item].message.sent_at,
                 })
                 .collect();
-            let answer = self
+            let answer = match self
                 .destination
                 .call(jmap::import_request(account, &mailbox, &imports))
                 .await
-                .and_then(|body| jmap::parse_import(&body).map_err(|e| Transient(e.to_string())));
+            {
+                Ok(body) => jmap::parse_import(&body).map_err(|e| e.to_string()),
+                Err(Transient(detail)) => Err(detail),
+            };
             for (n, copy) in copies {
                 let outcome = match &answer {
-                    Err(Transient(detail)) => Err(Transient(detail.clone())),
+                    Err(detail) => CopyOutcome::Transient(detail.clone()),
                     Ok(outcomes) => match outcomes.get(&format!("e{n}")) {
-                        Some(ImportOutcome::Created(_)) => Ok(Copy::Imported),
-                        Some(ImportOutcome::AlreadyExists(_)) => Ok(Copy::Duplicate),
-                        Some(ImportOutcome::Refused(reason)) => Ok(Copy::Refused(
+                        Some(ImportOutcome::Created(_)) => CopyOutcome::Imported,
+                        Some(ImportOutcome::AlreadyExists(_)) => CopyOutcome::Duplicate,
+                        Some(ImportOutcome::Refused(reason)) => CopyOutcome::Refused(
                             NotImportedReason::DestinationRefused,
                             reason.clone(),
-                        )),
-                        None => Err(Transient(
+                        ),
+                        None => CopyOutcome::Transient(
                             "the mail server did not answer for an email".into(),
-                        )),
+                        ),
                     },
                 };
                 self.settle(copy.item, &copy.user, copy.participant, outcome)?;
@@ -292,6 +259,13 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
             None => settled.push(key),
         }
     }
+    let ledger = Ledger::new(
+        run_id,
+        items.len(),
+        run.figures,
+        state.not_imported(connector_id, run_id)?,
+        Utc::now(),
+    );
     let mut importer = Importer {
         state: &state,
         connector_id,
@@ -300,41 +274,30 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
             session: Session::parse(&session_answer.body, &config.session_url)?,
             folders: BTreeMap::new(),
         },
-        kept: vec![false; items.len()],
         items,
-        not_imported: state.not_imported(connector_id, run_id)?,
+        ledger,
         queued: BTreeMap::new(),
-        transient: None,
-        run,
     };
 
     for index in 0..importer.items.len() {
         let delivery = rules.delivery(&importer.items[index].message);
         if delivery.is_unmapped() {
-            importer.run.figures.unmapped += 1;
-            for participant in &delivery.unmapped {
-                let unmapped = record(
-                    &importer.run,
-                    &importer.items[index],
-                    Some(participant.address.clone()),
-                    None,
-                    NotImportedReason::Unmapped,
-                    participant.reason.to_string(),
-                );
-                importer.not_imported.push(unmapped);
-            }
+            let id = importer.items[index].message.id.clone();
+            importer.ledger.unmapped(&id, &delivery);
             continue;
         }
-        let attachments = state.staged_attachments(connector_id, &importer.items[index])?;
-        let slices: Vec<&[u8]> = attachments.iter().map(Vec::as_slice).collect();
-        let email = build_email(&importer.items[index].message, &rules, &slices, &options);
-        drop(attachments);
+        let email = {
+            let item = &importer.items[index];
+            let attachments = state.staged_attachments(connector_id, item)?;
+            let slices: Vec<&[u8]> = attachments.iter().map(Vec::as_slice).collect();
+            build_email(&item.message, &rules, &slices, &options)
+        };
         for recipient in &delivery.recipients {
-            importer.run.figures.available_for_import += 1;
+            importer.ledger.expect_copy();
             let participant = recipient.as_participants.first().cloned();
             let item = &importer.items[index];
             let prepared = match &email {
-                Err(e) => Err(Copy::Refused(
+                Err(e) => Err(CopyOutcome::Refused(
                     NotImportedReason::AttachmentMismatch,
                     e.to_string(),
                 )),
@@ -344,36 +307,21 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
                         .iter()
                         .any(|d| d.eq_ignore_ascii_case(&recipient.email)) =>
                 {
-                    Err(Copy::Duplicate)
+                    Err(CopyOutcome::Duplicate)
                 }
-                Ok(bytes) => {
-                    let folder = connector.folder.clone();
-                    match prepare_copy(
-                        &mut importer.destination,
-                        &folder,
-                        &recipient.email,
-                        item,
-                        bytes.clone(),
-                        &options,
-                    )
-                    .await
-                    {
-                        Ok(Ok((account, mailbox, blob_id))) => Ok((account, mailbox, blob_id)),
-                        Ok(Err(copy)) => Err(copy),
-                        Err(transient) => {
-                            importer.settle(
-                                index,
-                                &recipient.email,
-                                participant,
-                                Err(transient),
-                            )?;
-                            continue;
-                        }
-                    }
-                }
+                Ok(bytes) => prepare_copy(
+                    &mut importer.destination,
+                    &connector.folder,
+                    &recipient.email,
+                    item,
+                    bytes.clone(),
+                    &options,
+                )
+                .await
+                .unwrap_or_else(|Transient(detail)| Err(CopyOutcome::Transient(detail))),
             };
             match prepared {
-                Err(copy) => importer.settle(index, &recipient.email, participant, Ok(copy))?,
+                Err(outcome) => importer.settle(index, &recipient.email, participant, outcome)?,
                 Ok((account, mailbox, blob_id)) => {
                     let queue = importer.queued.entry(account.clone()).or_default();
                     queue.push(Queued {
@@ -394,16 +342,17 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
     for account in accounts {
         importer.flush(&account).await?;
     }
-    for (item, kept) in importer.items.iter().zip(&importer.kept) {
-        if !kept {
+    for (index, item) in importer.items.iter().enumerate() {
+        if !importer.ledger.is_kept(index) {
             state.archive(connector_id, item, Utc::now())?;
             settled.push(item.key.clone());
         }
     }
     state.remove_pending(connector_id, &settled)?;
-    state.put_not_imported(connector_id, run_id, &importer.not_imported)?;
-    let mut run = importer.run;
-    match importer.transient {
+    let ledger = importer.ledger;
+    state.put_not_imported(connector_id, run_id, &ledger.not_imported)?;
+    run.figures = ledger.figures;
+    match ledger.transient {
         Some(detail) => fail(
             &state,
             &mut run,
@@ -430,25 +379,6 @@ fn fail(
     bail!(error)
 }
 
-fn record(
-    run: &Run,
-    item: &StagedItem,
-    participant: Option<String>,
-    target_user: Option<String>,
-    reason: NotImportedReason,
-    detail: String,
-) -> NotImported {
-    NotImported {
-        run: run.id.clone(),
-        item_id: item.message.id.clone(),
-        participant,
-        target_user,
-        reason,
-        detail,
-        at: Utc::now(),
-    }
-}
-
 /// Readies one copy for import into one user's folder: its account, folder and uploaded blob,
 /// or what already became of it (no mailbox; the mailbox already holds its Message-ID).
 async fn prepare_copy(
@@ -458,9 +388,9 @@ async fn prepare_copy(
     item: &StagedItem,
     bytes: Vec<u8>,
     options: &EmailOptions<'_>,
-) -> Result<Result<(String, String, String), Copy>, Transient> {
+) -> Result<Result<(String, String, String), CopyOutcome>, Transient> {
     let Some(account) = destination.session.account_for(user).map(str::to_string) else {
-        return Ok(Err(Copy::Refused(
+        return Ok(Err(CopyOutcome::Refused(
             NotImportedReason::NoSuchMailbox,
             format!("the mail server has no mailbox {user} the service account may write to"),
         )));
@@ -474,7 +404,7 @@ async fn prepare_copy(
         .call(jmap::find_message_request(&account, &id))
         .await?;
     if jmap::parse_find_message(&found).map_err(|e| Transient(e.to_string()))? {
-        return Ok(Err(Copy::Duplicate));
+        return Ok(Err(CopyOutcome::Duplicate));
     }
     let mailbox = destination.folder(&account, folder).await?;
     let upload_url = destination.session.upload_url(&account);

@@ -19,6 +19,7 @@ pub mod conversation;
 pub mod digest;
 pub mod email;
 pub mod jmap;
+pub mod ledger;
 pub mod mapping;
 pub mod phone;
 pub mod pipeline;

@@ -1,0 +1,191 @@
+//! The account of one import: what became of every copy, kept so that the run's figures always
+//! satisfy `available = imported + partially + skipped + failed` and every copy not imported is
+//! listed with its reason.
+
+use chrono::{DateTime, Utc};
+
+use crate::resolve::Delivery;
+use crate::runs::{Figures, NotImported, NotImportedReason};
+
+/// What became of one user's copy of an item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyOutcome {
+    Imported,
+    /// The mailbox already held it.
+    Duplicate,
+    /// Will not succeed by retrying (no mailbox, refused by the server, damaged attachment).
+    Refused(NotImportedReason, String),
+    /// May succeed later (server down, 5xx): the item stays staged.
+    Transient(String),
+}
+
+/// The outcomes of one run's import.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    run: String,
+    at: DateTime<Utc>,
+    pub figures: Figures,
+    pub not_imported: Vec<NotImported>,
+    /// Items with a copy that failed transiently.
+    kept: Vec<bool>,
+    /// The last transient failure, for the run's error.
+    pub transient: Option<String>,
+}
+
+impl Ledger {
+    /// A ledger for `items` items, continuing the figures and records the run has so far.
+    pub fn new(
+        run: &str,
+        items: usize,
+        figures: Figures,
+        not_imported: Vec<NotImported>,
+        at: DateTime<Utc>,
+    ) -> Ledger {
+        Ledger {
+            run: run.to_string(),
+            at,
+            figures,
+            not_imported,
+            kept: vec![false; items],
+            transient: None,
+        }
+    }
+
+    /// An item no participant of which is a user: counted and listed per participant.
+    pub fn unmapped(&mut self, item_id: &str, delivery: &Delivery) {
+        self.figures.unmapped += 1;
+        for participant in &delivery.unmapped {
+            self.not_imported.push(NotImported {
+                run: self.run.clone(),
+                item_id: item_id.to_string(),
+                participant: Some(participant.address.clone()),
+                target_user: None,
+                reason: NotImportedReason::Unmapped,
+                detail: participant.reason.to_string(),
+                at: self.at,
+            });
+        }
+    }
+
+    /// A copy the run must account for.
+    pub fn expect_copy(&mut self) {
+        self.figures.available_for_import += 1;
+    }
+
+    /// Records a copy's outcome. Returns whether the user now holds the item.
+    pub fn settle(
+        &mut self,
+        index: usize,
+        item_id: &str,
+        user: &str,
+        participant: Option<String>,
+        outcome: CopyOutcome,
+    ) -> bool {
+        let (reason, detail) = match outcome {
+            CopyOutcome::Imported => {
+                self.figures.imported += 1;
+                return true;
+            }
+            CopyOutcome::Duplicate => {
+                self.figures.skipped_duplicate += 1;
+                return true;
+            }
+            CopyOutcome::Refused(reason, detail) => (reason, detail),
+            CopyOutcome::Transient(detail) => {
+                if let Some(kept) = self.kept.get_mut(index) {
+                    *kept = true;
+                }
+                self.transient = Some(detail.clone());
+                let detail = format!("{detail}; kept for the next attempt");
+                (NotImportedReason::DestinationRefused, detail)
+            }
+        };
+        self.figures.failed += 1;
+        self.not_imported.push(NotImported {
+            run: self.run.clone(),
+            item_id: item_id.to_string(),
+            participant,
+            target_user: Some(user.to_string()),
+            reason,
+            detail,
+            at: self.at,
+        });
+        false
+    }
+
+    /// Whether the item must stay staged for another attempt.
+    pub fn is_kept(&self, index: usize) -> bool {
+        self.kept.get(index).copied().unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::MappingTable;
+    use crate::resolve::MappingRules;
+    use crate::testing::{message, sms_record};
+
+    fn ledger(items: usize) -> Ledger {
+        let at = "2026-11-26T02:00:00Z".parse().unwrap();
+        Ledger::new("r1", items, Figures::default(), Vec::new(), at)
+    }
+
+    #[test]
+    fn every_copy_has_one_outcome_and_the_invariant_holds() {
+        let mut l = ledger(3);
+        let outcomes = [
+            CopyOutcome::Imported,
+            CopyOutcome::Duplicate,
+            CopyOutcome::Refused(NotImportedReason::NoSuchMailbox, "no mailbox".into()),
+            CopyOutcome::Transient("503".into()),
+        ];
+        for (n, outcome) in outcomes.into_iter().enumerate() {
+            l.expect_copy();
+            let holds = l.settle(n.min(2), "m1", "u@acme.example", None, outcome);
+            assert_eq!(holds, n < 2);
+        }
+        assert_eq!(l.figures.available_for_import, 4);
+        assert_eq!(
+            (
+                l.figures.imported,
+                l.figures.skipped_duplicate,
+                l.figures.failed
+            ),
+            (1, 1, 2)
+        );
+        assert!(l.figures.invariant_holds());
+        assert_eq!(l.not_imported.len(), 2);
+        assert_eq!(
+            l.not_imported[1].reason,
+            NotImportedReason::DestinationRefused
+        );
+        assert!(
+            l.not_imported[1]
+                .detail
+                .contains("kept for the next attempt")
+        );
+        assert!(l.is_kept(2) && !l.is_kept(0) && !l.is_kept(7));
+        assert_eq!(l.transient.as_deref(), Some("503"));
+    }
+
+    #[test]
+    fn an_unmapped_item_is_listed_once_per_participant() {
+        let table = MappingTable::default();
+        let rules = MappingRules {
+            table: &table,
+            automatic_mapping: false,
+        };
+        let delivery = rules.delivery(&message(&sms_record()));
+        let mut l = ledger(1);
+        l.unmapped("m-7f3c9a10", &delivery);
+        assert_eq!(l.figures.unmapped, 1);
+        assert_eq!(l.not_imported.len(), 2);
+        assert!(
+            l.not_imported
+                .iter()
+                .all(|n| n.reason == NotImportedReason::Unmapped)
+        );
+        assert!(l.figures.invariant_holds());
+    }
+}
