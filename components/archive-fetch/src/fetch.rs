@@ -16,7 +16,7 @@ use archiver_core::secrets::{self, SecretKey};
 use archiver_core::source_client::{
     SourceError, SourceRequest, account_request, basic_auth, read_account_response,
 };
-use archiver_core::state::State;
+use archiver_core::state::{STAGED_CHUNK_BYTES, Sealing, State};
 use chrono::{DateTime, Utc};
 
 /// Key of the last timer event seen, seconds since the Unix epoch.
@@ -232,6 +232,10 @@ async fn stage_window(
     let mut not_imported = state
         .not_imported(&connector.id, &run.id)
         .map_err(store_error)?;
+    let sealing = Sealing {
+        key: &config.staging_key,
+        nonce: &archive_host::random_bytes,
+    };
     let mut complete = true;
     let mut cursor: Option<String> = None;
     loop {
@@ -270,11 +274,7 @@ async fn stage_window(
             {
                 continue;
             }
-            if state
-                .staged(&connector.id, &key)
-                .map_err(store_error)?
-                .is_none()
-            {
+            if !state.is_staged(&connector.id, &key).map_err(store_error)? {
                 match download_attachments(connector, &authorization, &message).await? {
                     Ok(attachments) => {
                         let item = StagedItem {
@@ -282,13 +282,13 @@ async fn stage_window(
                             run: run.id.clone(),
                             attachment_chunks: attachments
                                 .iter()
-                                .map(|a| a.len().div_ceil(archiver_core::state::CHUNK_BYTES))
+                                .map(|a| a.len().div_ceil(STAGED_CHUNK_BYTES))
                                 .collect(),
                             message,
                             delivered_to: Vec::new(),
                         };
                         state
-                            .stage(&connector.id, &item, &attachments)
+                            .stage(&connector.id, &item, &attachments, &sealing)
                             .map_err(store_error)?;
                     }
                     Err(detail) => {

@@ -37,6 +37,13 @@ impl KeyValue for SpinStore {
     }
 }
 
+/// Random bytes from the host (`wasi:random`), for nonces and ids.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(bytes)
+}
+
 /// An answer read whole.
 pub struct Answer {
     pub status: u16,

@@ -13,11 +13,13 @@ use archiver_core::phone::Region;
 use archiver_core::pipeline::StagedItem;
 use archiver_core::resolve::MappingRules;
 use archiver_core::runs::{NotImportedReason, Run, RunState};
+use archiver_core::secrets::SecretKey;
 use archiver_core::source_client::{SourceRequest, basic_auth};
-use archiver_core::state::State;
+use archiver_core::state::{Sealing, State};
 use chrono::Utc;
 
 struct Config {
+    staging_key: SecretKey,
     region: Region,
     address_domain: String,
     session_url: String,
@@ -29,6 +31,9 @@ impl Config {
         let get =
             |name: &str| spin_sdk::variables::get(name).with_context(|| format!("variable {name}"));
         Ok(Config {
+            staging_key: get("staging_key")?
+                .parse()
+                .context("variable staging_key")?,
             region: get("default_region")?
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!("variable default_region: {e}"))?,
@@ -128,6 +133,7 @@ struct Queued {
 /// One run's delivery: the items, the ledger of outcomes, and the copies queued per account.
 struct Importer<'a, 'c> {
     state: &'a State<'a, SpinStore>,
+    sealing: &'a Sealing<'a>,
     connector_id: &'a str,
     destination: Destination<'c>,
     items: Vec<StagedItem>,
@@ -155,7 +161,8 @@ impl Importer<'_, '_> {
                 .any(|d| d.eq_ignore_ascii_case(user))
         {
             staged.delivered_to.push(user.to_string());
-            self.state.update_staged(self.connector_id, staged)?;
+            self.state
+                .update_staged(self.connector_id, staged, self.sealing)?;
         }
         Ok(())
     }
@@ -250,11 +257,15 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
             );
         }
     };
+    let sealing = Sealing {
+        key: &config.staging_key,
+        nonce: &archive_host::random_bytes,
+    };
     let mut items = Vec::new();
     // Keys no longer staged (archived by an earlier attempt) leave the pending list too.
     let mut settled = Vec::new();
     for key in state.run_items(connector_id, run_id)? {
-        match state.staged(connector_id, &key)? {
+        match state.staged(connector_id, &key, &sealing)? {
             Some(item) => items.push(item),
             None => settled.push(key),
         }
@@ -268,6 +279,7 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
     );
     let mut importer = Importer {
         state: &state,
+        sealing: &sealing,
         connector_id,
         destination: Destination {
             config: &config,
@@ -288,7 +300,7 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
         }
         let email = {
             let item = &importer.items[index];
-            let attachments = state.staged_attachments(connector_id, item)?;
+            let attachments = state.staged_attachments(connector_id, item, &sealing)?;
             let slices: Vec<&[u8]> = attachments.iter().map(Vec::as_slice).collect();
             build_email(&item.message, &rules, &slices, &options)
         };

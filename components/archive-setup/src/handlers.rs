@@ -62,9 +62,7 @@ fn body<'r>(
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
-    let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).map_err(|e| ApiError::Config(format!("no randomness: {e}")))?;
-    Ok(bytes)
+    archive_host::random_bytes().map_err(ApiError::Config)
 }
 
 pub fn list_connectors() -> Result<Response, ApiError> {

@@ -41,6 +41,25 @@ impl std::str::FromStr for SecretKey {
 /// Encrypts and authenticates `plaintext`, bound to `owner` (e.g. the connector id) so a sealed
 /// value copied to another owner does not open. Returns base64 of nonce and ciphertext.
 pub fn seal(key: &SecretKey, nonce: [u8; NONCE_BYTES], owner: &str, plaintext: &[u8]) -> String {
+    BASE64.encode(seal_bytes(key, nonce, owner, plaintext))
+}
+
+/// Opens what [`seal`] produced for the same key and owner.
+pub fn open(key: &SecretKey, owner: &str, sealed: &str) -> Result<Vec<u8>, SecretError> {
+    let bytes = BASE64.decode(sealed).map_err(|_| SecretError::CannotOpen)?;
+    open_bytes(key, owner, &bytes)
+}
+
+/// Bytes [`seal_bytes`] adds to a plaintext: the nonce and the authentication tag.
+pub const SEAL_OVERHEAD: usize = NONCE_BYTES + 16;
+
+/// [`seal`] without base64: nonce and ciphertext as raw bytes, for binary values.
+pub fn seal_bytes(
+    key: &SecretKey,
+    nonce: [u8; NONCE_BYTES],
+    owner: &str,
+    plaintext: &[u8],
+) -> Vec<u8> {
     let cipher = Aes256Gcm::new((&key.0).into());
     let payload = Payload {
         msg: plaintext,
@@ -52,16 +71,15 @@ pub fn seal(key: &SecretKey, nonce: [u8; NONCE_BYTES], owner: &str, plaintext: &
         .unwrap_or_default();
     let mut sealed = nonce.to_vec();
     sealed.extend_from_slice(&ciphertext);
-    BASE64.encode(sealed)
+    sealed
 }
 
-/// Opens what [`seal`] produced for the same key and owner.
-pub fn open(key: &SecretKey, owner: &str, sealed: &str) -> Result<Vec<u8>, SecretError> {
-    let bytes = BASE64.decode(sealed).map_err(|_| SecretError::CannotOpen)?;
-    if bytes.len() < NONCE_BYTES {
+/// Opens what [`seal_bytes`] produced for the same key and owner.
+pub fn open_bytes(key: &SecretKey, owner: &str, sealed: &[u8]) -> Result<Vec<u8>, SecretError> {
+    if sealed.len() < SEAL_OVERHEAD {
         return Err(SecretError::CannotOpen);
     }
-    let (nonce, ciphertext) = bytes.split_at(NONCE_BYTES);
+    let (nonce, ciphertext) = sealed.split_at(NONCE_BYTES);
     let cipher = Aes256Gcm::new((&key.0).into());
     cipher
         .decrypt(

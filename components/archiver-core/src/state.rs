@@ -19,8 +19,8 @@
 //! A paged list keeps its page count under its key and each page (a JSON array of at most
 //! [`CHUNK_BYTES`]) under `{key}/{n}`.
 //! | `connector/{id}/watermark` | end of the last window staged whole (RFC 3339) |
-//! | `stage/{id}/{item}` | a [`StagedItem`] waiting for delivery |
-//! | `stage/{id}/{item}/{attachment}/{n}` | chunk `n` of an attachment's bytes |
+//! | `stage/{id}/{item}` | a [`StagedItem`] waiting for delivery, sealed (see [`Sealing`]) |
+//! | `stage/{id}/{item}/{attachment}/{n}` | chunk `n` of an attachment's bytes, sealed |
 //! | `archived/{id}/{item}` | an [`ArchivedItem`]: every copy delivered, staging purged |
 //! | `connector/{id}/pending` | paged list of the item keys staged and not yet archived |
 
@@ -34,9 +34,33 @@ use crate::mapping::{MappingTable, parse_mapping_csv};
 use crate::phone::Region;
 use crate::pipeline::{ArchivedItem, StagedItem};
 use crate::runs::{HealthRecord, NotImported, Run};
+use crate::secrets::{NONCE_BYTES, SEAL_OVERHEAD, SecretKey, open_bytes, seal_bytes};
 
 /// Largest value written, so any backend (DynamoDB caps at 400 KB) takes it.
 pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Plaintext bytes per staged chunk, so that the sealed chunk stays within [`CHUNK_BYTES`].
+pub const STAGED_CHUNK_BYTES: usize = CHUNK_BYTES - SEAL_OVERHEAD;
+
+/// Seals staged data at rest with the `staging_key`: every value is bound to its own key (as the
+/// AEAD's associated data), so a value moved or swapped to another key does not open.
+pub struct Sealing<'a> {
+    pub key: &'a SecretKey,
+    /// A fresh random nonce for every sealing.
+    pub nonce: &'a dyn Fn() -> Result<[u8; NONCE_BYTES], String>,
+}
+
+impl Sealing<'_> {
+    fn seal(&self, owner: &str, plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let nonce = (self.nonce)().map_err(|e| StoreError(format!("no nonce: {e}")))?;
+        Ok(seal_bytes(self.key, nonce, owner, plaintext))
+    }
+
+    fn open(&self, owner: &str, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        open_bytes(self.key, owner, sealed)
+            .map_err(|e| StoreError(format!("staged value {owner}: {e}")))
+    }
+}
 
 /// A failure of the store itself, or a record it holds that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -384,25 +408,42 @@ impl<K: KeyValue> State<'_, K> {
         self.write_list(&run_items_key(id, run), items)
     }
 
-    pub fn staged(&self, id: &str, item: &str) -> Result<Option<StagedItem>, StoreError> {
-        self.read(&staged_key(id, item))
+    pub fn staged(
+        &self,
+        id: &str,
+        item: &str,
+        sealing: &Sealing<'_>,
+    ) -> Result<Option<StagedItem>, StoreError> {
+        let Some(sealed) = self.kv.get(&staged_key(id, item))? else {
+            return Ok(None);
+        };
+        let plain = sealing.open(&format!("{id}/{item}"), &sealed)?;
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| StoreError(format!("staged item {item} is unreadable: {e}")))
     }
 
-    /// Stages an item: its attachments' chunks first, the record last, so a record always has
-    /// its bytes.
+    /// Whether an item is staged (without opening it).
+    pub fn is_staged(&self, id: &str, item: &str) -> Result<bool, StoreError> {
+        Ok(self.kv.get(&staged_key(id, item))?.is_some())
+    }
+
+    /// Stages an item, sealed: its attachments' chunks first, the record last, so a record
+    /// always has its bytes.
     pub fn stage(
         &self,
         id: &str,
         item: &StagedItem,
         attachments: &[Vec<u8>],
+        sealing: &Sealing<'_>,
     ) -> Result<(), StoreError> {
         for (index, bytes) in attachments.iter().enumerate() {
-            for (n, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
-                self.kv
-                    .set(&attachment_chunk_key(id, &item.key, index, n), chunk)?;
+            for (n, chunk) in bytes.chunks(STAGED_CHUNK_BYTES).enumerate() {
+                let key = attachment_chunk_key(id, &item.key, index, n);
+                self.kv.set(&key, &sealing.seal(&key, chunk)?)?;
             }
         }
-        self.write(&staged_key(id, &item.key), item)
+        self.update_staged(id, item, sealing)
     }
 
     /// Items staged by any run and not known archived: a later run delivers what an earlier
@@ -437,8 +478,15 @@ impl<K: KeyValue> State<'_, K> {
         self.write_list(&pending_key(id), &pending)
     }
 
-    pub fn update_staged(&self, id: &str, item: &StagedItem) -> Result<(), StoreError> {
-        self.write(&staged_key(id, &item.key), item)
+    pub fn update_staged(
+        &self,
+        id: &str,
+        item: &StagedItem,
+        sealing: &Sealing<'_>,
+    ) -> Result<(), StoreError> {
+        let plain = serde_json::to_vec(item).map_err(|e| StoreError(e.to_string()))?;
+        let sealed = sealing.seal(&format!("{id}/{}", item.key), &plain)?;
+        self.kv.set(&staged_key(id, &item.key), &sealed)
     }
 
     /// The bytes of a staged item's attachments, in order.
@@ -446,21 +494,20 @@ impl<K: KeyValue> State<'_, K> {
         &self,
         id: &str,
         item: &StagedItem,
+        sealing: &Sealing<'_>,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut all = Vec::with_capacity(item.attachment_chunks.len());
         for (index, chunks) in item.attachment_chunks.iter().enumerate() {
             let mut bytes = Vec::new();
             for n in 0..*chunks {
-                let chunk = self
-                    .kv
-                    .get(&attachment_chunk_key(id, &item.key, index, n))?
-                    .ok_or_else(|| {
-                        StoreError(format!(
-                            "staged item {}: chunk {index}/{n} missing",
-                            item.key
-                        ))
-                    })?;
-                bytes.extend_from_slice(&chunk);
+                let key = attachment_chunk_key(id, &item.key, index, n);
+                let sealed = self.kv.get(&key)?.ok_or_else(|| {
+                    StoreError(format!(
+                        "staged item {}: chunk {index}/{n} missing",
+                        item.key
+                    ))
+                })?;
+                bytes.extend_from_slice(&sealing.open(&key, &sealed)?);
             }
             all.push(bytes);
         }
@@ -603,6 +650,59 @@ mod tests {
         assert_eq!(state.pending("c").unwrap(), keys[..5]);
         state.remove_pending("c", &keys[..2]).unwrap();
         assert_eq!(state.pending("c").unwrap(), keys[2..5]);
+    }
+
+    #[test]
+    fn staged_items_are_sealed_at_rest_and_bound_to_their_keys() {
+        use crate::testing::{message, sms_record};
+        let store = MemoryStore::default();
+        let state = State::new(&store);
+        let key: SecretKey = "42".repeat(32).parse().unwrap();
+        let counter = std::sync::atomic::AtomicU8::new(0);
+        let nonce = || Ok([counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst); NONCE_BYTES]);
+        let sealing = Sealing {
+            key: &key,
+            nonce: &nonce,
+        };
+        let attachment = b"SECRET-PHOTO-BYTES".repeat(20_000);
+        let item = StagedItem {
+            key: "k1".into(),
+            run: "r1".into(),
+            message: message(&sms_record()),
+            attachment_chunks: vec![attachment.len().div_ceil(STAGED_CHUNK_BYTES)],
+            delivered_to: vec![],
+        };
+        state
+            .stage("c", &item, std::slice::from_ref(&attachment), &sealing)
+            .unwrap();
+        for k in store.keys() {
+            let value = store.get(&k).unwrap().unwrap();
+            assert!(value.len() <= CHUNK_BYTES, "{k}");
+            let text = String::from_utf8_lossy(&value);
+            assert!(
+                !text.contains("Running 10 minutes late") && !text.contains("SECRET-PHOTO"),
+                "{k}"
+            );
+        }
+        assert_eq!(
+            state.staged("c", "k1", &sealing).unwrap(),
+            Some(item.clone())
+        );
+        assert_eq!(
+            state.staged_attachments("c", &item, &sealing).unwrap(),
+            [attachment]
+        );
+
+        // A chunk moved under another key does not open.
+        let first = store.get("stage/c/k1/0/0").unwrap().unwrap();
+        store.set("stage/c/k1/0/1", &first).unwrap();
+        assert!(state.staged_attachments("c", &item, &sealing).is_err());
+        let other: SecretKey = "43".repeat(32).parse().unwrap();
+        let wrong = Sealing {
+            key: &other,
+            nonce: &nonce,
+        };
+        assert!(state.staged("c", "k1", &wrong).is_err());
     }
 
     #[test]
