@@ -452,6 +452,15 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
         pages >= 4,
         "the window spans several pages ({pages} requests)"
     );
+    let video_pieces = source
+        .requests()
+        .iter()
+        .filter(|r| r.1.starts_with("/v1/attachments/a-video"))
+        .count();
+    assert!(
+        video_pieces >= 48,
+        "12 MB read in pieces of at most 256 KiB ({video_pieces} requests)"
+    );
     let reasons: Vec<(String, String)> = status["not_imported"]
         .as_array()
         .unwrap()
@@ -698,4 +707,80 @@ async fn source_and_destination_failures_lose_nothing_and_are_caught_up() {
             .iter()
             .all(|k| !k.starts_with("stage/"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attachment_with_wrong_bytes_is_reported_and_retried_never_archived_wrong() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let item = format!(
+        "w-{}",
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    );
+    let right: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let mut wrong = right.clone();
+    wrong[123_456] ^= 0xff;
+    source.add_attachment("a-doc", "application/pdf", wrong);
+    let meta = json!({ "id": "a-doc", "filename": "contract.pdf", "content_type": "application/pdf",
+        "size": right.len(), "sha256": sha256_hex(&right) });
+    let grace = person(
+        "+12025550107",
+        Some("grace@acme.example"),
+        Some("Grace Lee"),
+    );
+    let outside = person("+13125550166", None, None);
+    source.add_message(message(
+        &item,
+        "mms",
+        "inbound",
+        "2026-11-25T08:00:00Z",
+        "2026-11-25T08:00:01Z",
+        outside,
+        vec![grace],
+        Some("Signed contract"),
+        "Attached",
+        vec![meta],
+    ));
+    let app = archiver_at(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL, None);
+    let connector = "att-damaged";
+    let body = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
+        "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
+    admin(
+        &app,
+        "PUT",
+        &format!("/api/connectors/{connector}"),
+        "application/json",
+        body.to_string(),
+    )
+    .await;
+
+    assert_eq!(app.fire_cron("archive-fetch", TIMER).await.unwrap(), Ok(()));
+    let status = status_of(&app, connector).await;
+    let reasons: Vec<&str> = status["not_imported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["attachment_mismatch"], "{status}");
+    assert!(
+        !folder_contents(&jmap, "grace@acme.example")
+            .await
+            .contains_key(&item)
+    );
+    assert!(
+        app.kv_get("default", &format!("connector/{connector}/watermark"))
+            .unwrap()
+            .is_none(),
+        "the window stays open for a retry"
+    );
+
+    // The archive serves the right bytes now: the next run takes the same window again.
+    source.add_attachment("a-doc", "application/pdf", right);
+    assert_eq!(
+        app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap(),
+        Ok(())
+    );
+    let delivered = folder_contents(&jmap, "grace@acme.example").await;
+    assert_eq!(delivered[&item]["attachments"][0]["size"], 300_000);
 }

@@ -3,11 +3,11 @@
 use anyhow::{Context, bail};
 use archive_host::{Answer, SpinStore, send};
 use archiver_core::connector::Connector;
-use archiver_core::digest::sha256_hex;
+use archiver_core::digest::{StreamingSha256, sha256_hex};
 use archiver_core::phone::Region;
 use archiver_core::pipeline::{
-    self, StagedItem, attachment_request, item_key, messages_request, read_messages_response,
-    retry_wait, status_error, window,
+    self, StagedItem, attachment_range_request, item_key, messages_request, ranges,
+    read_messages_response, retry_wait, status_error, window,
 };
 use archiver_core::runs::{
     Figures, LoginFailure, NotImported, NotImportedReason, Run, RunState, RunTrigger, run_id,
@@ -275,20 +275,19 @@ async fn stage_window(
                 continue;
             }
             if !state.is_staged(&connector.id, &key).map_err(store_error)? {
-                match download_attachments(connector, &authorization, &message).await? {
-                    Ok(attachments) => {
+                match stage_attachments(state, connector, &authorization, &key, &message, &sealing)
+                    .await?
+                {
+                    Ok(attachment_chunks) => {
                         let item = StagedItem {
                             key: key.clone(),
                             run: run.id.clone(),
-                            attachment_chunks: attachments
-                                .iter()
-                                .map(|a| a.len().div_ceil(STAGED_CHUNK_BYTES))
-                                .collect(),
+                            attachment_chunks,
                             message,
                             delivered_to: Vec::new(),
                         };
                         state
-                            .stage(&connector.id, &item, &attachments, &sealing)
+                            .update_staged(&connector.id, &item, &sealing)
                             .map_err(store_error)?;
                     }
                     Err(detail) => {
@@ -327,28 +326,61 @@ async fn stage_window(
     Ok(complete)
 }
 
-/// The bytes of each attachment, checked against the size and SHA-256 the archive announced.
-/// `Ok(Err(reason))` when the bytes do not match: the item is reported and not archived wrong.
-async fn download_attachments(
+/// Downloads each attachment in ranges of at most one staged chunk and stages the chunks as they
+/// arrive, so memory holds one chunk whatever the size. Returns the chunk count of each
+/// attachment, or `Ok(Err(reason))` when the bytes do not match the size and SHA-256 the archive
+/// announced: the item is then reported and never staged as if it were right.
+async fn stage_attachments(
+    state: &State<'_, SpinStore>,
     connector: &Connector,
     authorization: &str,
+    key: &str,
     message: &archiver_core::source::Message,
-) -> Result<Result<Vec<Vec<u8>>, String>, SourceError> {
-    let mut all = Vec::with_capacity(message.attachments.len());
-    for meta in &message.attachments {
-        let answer = send_with_retry(&attachment_request(
-            &connector.source_url,
-            authorization,
-            &meta.id,
-        ))
-        .await?;
-        if answer.body.len() as u64 != meta.size || sha256_hex(&answer.body) != meta.sha256 {
+    sealing: &Sealing<'_>,
+) -> Result<Result<Vec<usize>, String>, SourceError> {
+    let store_error = |e: archiver_core::state::StoreError| SourceError::Unreachable(e.to_string());
+    let mut counts = Vec::with_capacity(message.attachments.len());
+    for (index, meta) in message.attachments.iter().enumerate() {
+        let mut digest = StreamingSha256::default();
+        let mut received: u64 = 0;
+        let pieces = ranges(meta.size, STAGED_CHUNK_BYTES as u64);
+        for (n, (start, end)) in pieces.iter().enumerate() {
+            let request = attachment_range_request(
+                &connector.source_url,
+                authorization,
+                &meta.id,
+                *start,
+                *end,
+            );
+            let answer = send_with_retry(&request).await?;
+            // A server that ignores Range answers 200 with everything: only the asked part counts.
+            let piece = match answer.status {
+                206 => answer.body,
+                _ => answer
+                    .body
+                    .get(*start as usize..=(*end as usize))
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default(),
+            };
+            if piece.len() as u64 != end - start + 1 {
+                return Ok(Err(format!(
+                    "attachment {} is shorter than announced",
+                    meta.id
+                )));
+            }
+            digest.update(&piece);
+            received += piece.len() as u64;
+            state
+                .stage_chunk(&connector.id, key, index, n, &piece, sealing)
+                .map_err(store_error)?;
+        }
+        if received != meta.size || digest.finish_hex() != meta.sha256 {
             return Ok(Err(format!(
                 "attachment {} does not match the size and SHA-256 the archive announced",
                 meta.id
             )));
         }
-        all.push(answer.body);
+        counts.push(pieces.len());
     }
-    Ok(Ok(all))
+    Ok(Ok(counts))
 }

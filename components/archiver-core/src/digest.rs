@@ -18,6 +18,21 @@ pub fn fields_sha256_hex(fields: &[&str]) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// A SHA-256 computed piece by piece, for bytes that never sit in memory whole.
+#[derive(Default, Clone)]
+pub struct StreamingSha256(Sha256);
+
+impl StreamingSha256 {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// Lowercase hex of the digest of everything given so far.
+    pub fn finish_hex(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -28,6 +43,14 @@ mod tests {
             sha256_hex(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn a_digest_in_pieces_equals_the_digest_of_the_whole() {
+        let mut pieces = StreamingSha256::default();
+        pieces.update(b"hello ");
+        pieces.update(b"world");
+        assert_eq!(pieces.finish_hex(), sha256_hex(b"hello world"));
     }
 
     #[test]

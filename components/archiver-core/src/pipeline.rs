@@ -70,6 +70,29 @@ pub fn attachment_request(base: &str, authorization: &str, id: &str) -> SourceRe
     )
 }
 
+/// The attachment's bytes `start..=end` (`Range`), so a large one is read piece by piece.
+pub fn attachment_range_request(
+    base: &str,
+    authorization: &str,
+    id: &str,
+    start: u64,
+    end: u64,
+) -> SourceRequest {
+    let mut request = attachment_request(base, authorization, id);
+    request
+        .headers
+        .push(("range", format!("bytes={start}-{end}")));
+    request
+}
+
+/// The ranges of at most `piece` bytes that cover `size` bytes, in order.
+pub fn ranges(size: u64, piece: u64) -> Vec<(u64, u64)> {
+    let piece = piece.max(1);
+    (0..size.div_ceil(piece))
+        .map(|n| (n * piece, ((n + 1) * piece).min(size) - 1))
+        .collect()
+}
+
 fn get(url: String, authorization: &str) -> SourceRequest {
     SourceRequest {
         method: "GET",
@@ -203,6 +226,19 @@ mod tests {
         assert_eq!(
             attachment_request("https://a/api", "Basic x", "a/19").url,
             "https://a/api/v1/attachments/a%2F19"
+        );
+    }
+
+    #[test]
+    fn ranges_cover_the_bytes_in_pieces() {
+        assert_eq!(ranges(0, 10), []);
+        assert_eq!(ranges(10, 10), [(0, 9)]);
+        assert_eq!(ranges(25, 10), [(0, 9), (10, 19), (20, 24)]);
+        let request = attachment_range_request("https://a/api", "Basic x", "a-1", 10, 19);
+        assert!(
+            request
+                .headers
+                .contains(&("range", "bytes=10-19".to_string()))
         );
     }
 

@@ -439,11 +439,31 @@ impl<K: KeyValue> State<'_, K> {
     ) -> Result<(), StoreError> {
         for (index, bytes) in attachments.iter().enumerate() {
             for (n, chunk) in bytes.chunks(STAGED_CHUNK_BYTES).enumerate() {
-                let key = attachment_chunk_key(id, &item.key, index, n);
-                self.kv.set(&key, &sealing.seal(&key, chunk)?)?;
+                self.stage_chunk(id, &item.key, index, n, chunk, sealing)?;
             }
         }
         self.update_staged(id, item, sealing)
+    }
+
+    /// Stages one chunk (at most [`STAGED_CHUNK_BYTES`]) of an item's attachment, for bytes
+    /// that arrive piece by piece; the item's record is written last with [`Self::update_staged`].
+    pub fn stage_chunk(
+        &self,
+        id: &str,
+        item: &str,
+        attachment: usize,
+        n: usize,
+        chunk: &[u8],
+        sealing: &Sealing<'_>,
+    ) -> Result<(), StoreError> {
+        if chunk.len() > STAGED_CHUNK_BYTES {
+            return Err(StoreError(format!(
+                "chunk of {} bytes is too large",
+                chunk.len()
+            )));
+        }
+        let key = attachment_chunk_key(id, item, attachment, n);
+        self.kv.set(&key, &sealing.seal(&key, chunk)?)
     }
 
     /// Items staged by any run and not known archived: a later run delivers what an earlier
