@@ -784,3 +784,69 @@ async fn an_attachment_with_wrong_bytes_is_reported_and_retried_never_archived_w
     let delivered = folder_contents(&jmap, "grace@acme.example").await;
     assert_eq!(delivered[&item]["attachments"][0]["size"], 300_000);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_at_any_key_value_write_loses_nothing_and_duplicates_nothing() {
+    let jmap = Jmap::connect().await;
+    let mut crash_points = 0;
+    for writes_before_crash in 0.. {
+        let source = SourceSimulator::start("att-admin", "archive-password").await;
+        let item = format!(
+            "c{writes_before_crash}-{}",
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
+        let photo = attachment(&source, "a-crash", "crash.jpg", "image/jpeg", 300_000);
+        let grace = person(
+            "+12025550107",
+            Some("grace@acme.example"),
+            Some("Grace Lee"),
+        );
+        source.add_message(message(
+            &item,
+            "mms",
+            "inbound",
+            "2026-11-25T07:00:00Z",
+            "2026-11-25T07:00:01Z",
+            person("+13125550155", None, None),
+            vec![grace],
+            Some("Crash test"),
+            "Exactly once",
+            vec![photo],
+        ));
+        let app = archiver_at(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL, None);
+        let body = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
+            "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
+        admin(
+            &app,
+            "PUT",
+            "/api/connectors/att-crash",
+            "application/json",
+            body.to_string(),
+        )
+        .await;
+
+        app.crash_after_kv_writes(Some(writes_before_crash));
+        let first = app.fire_cron("archive-fetch", TIMER).await;
+        app.crash_after_kv_writes(None);
+        if matches!(first, Ok(Ok(()))) {
+            break; // past the last write: every crash point was tried
+        }
+        crash_points += 1;
+        let second = app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap();
+        assert_eq!(
+            second,
+            Ok(()),
+            "after a crash at write {writes_before_crash}: {}",
+            app.logs()
+        );
+        let delivered = folder_contents(&jmap, "grace@acme.example").await;
+        assert!(
+            delivered.contains_key(&item),
+            "a crash at write {writes_before_crash} lost the message"
+        );
+    }
+    assert!(
+        crash_points >= 10,
+        "only {crash_points} crash points were tried"
+    );
+}

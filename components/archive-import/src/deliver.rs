@@ -262,10 +262,16 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
         nonce: &archive_host::random_bytes,
     };
     let mut items = Vec::new();
-    // Keys no longer staged (archived by an earlier attempt) leave the pending list too.
+    // Keys no longer staged, or archived by an attempt that stopped while purging them, leave
+    // the pending list too (their leftovers are purged again).
     let mut settled = Vec::new();
     for key in state.run_items(connector_id, run_id)? {
+        let archived = state.archived(connector_id, &key)?.is_some();
         match state.staged(connector_id, &key, &sealing)? {
+            Some(item) if archived => {
+                state.archive(connector_id, &item, Utc::now())?;
+                settled.push(key);
+            }
             Some(item) => items.push(item),
             None => settled.push(key),
         }
