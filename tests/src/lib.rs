@@ -33,7 +33,7 @@ mod simulator;
 mod variables;
 
 pub use host::{App, AppBuilder, SimulatedCrash, TestResponse, is_interrupted, is_simulated_crash};
-pub use simulator::SourceSimulator;
+pub use simulator::{Fault, SourceSimulator};
 
 use anyhow::Context;
 

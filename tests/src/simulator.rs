@@ -17,6 +17,15 @@ use serde_json::{Value, json};
 const PAGE_DEFAULT: usize = 500;
 const PAGE_MAX: usize = 1000;
 
+/// A fault the simulator can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this HTTP status (with `Retry-After: 1` for 429 and 503).
+    Status(u16),
+    /// Answer 200 with a body cut in the middle of its JSON.
+    Truncated,
+}
+
 #[derive(Default)]
 struct Inner {
     username: String,
@@ -26,8 +35,8 @@ struct Inner {
     /// Message records as the contract shows them, in any order.
     messages: Vec<Value>,
     attachments: BTreeMap<String, (String, Vec<u8>)>,
-    /// Path prefix -> statuses to answer with, one per request, before serving normally.
-    failures: Vec<(String, VecDeque<u16>)>,
+    /// Path prefix -> faults to answer with, one per request, before serving normally.
+    failures: Vec<(String, VecDeque<Fault>)>,
     /// Every request seen: method, path and query, whether it carried valid credentials.
     requests: Vec<(String, String, bool)>,
     /// The most items a page holds, whatever `limit` asks (the contract lets the server cap it).
@@ -129,10 +138,15 @@ impl SourceSimulator {
     /// Answers the next `times` requests whose path starts with `path_prefix` (after the base,
     /// e.g. `/v1/messages`) with `status`.
     pub fn fail_next(&self, path_prefix: &str, status: u16, times: usize) {
+        self.inject(path_prefix, Fault::Status(status), times);
+    }
+
+    /// Answers the next `times` requests under `path_prefix` with `fault`.
+    pub fn inject(&self, path_prefix: &str, fault: Fault, times: usize) {
         self.with(|i| {
             i.failures.push((
                 path_prefix.to_string(),
-                std::iter::repeat_n(status, times).collect(),
+                std::iter::repeat_n(fault, times).collect(),
             ))
         });
     }
@@ -193,17 +207,26 @@ fn respond(
         authenticated,
     ));
 
-    for (prefix, statuses) in inner.failures.iter_mut() {
+    for (prefix, faults) in inner.failures.iter_mut() {
         if path.starts_with(prefix.as_str())
-            && let Some(status) = statuses.pop_front()
+            && let Some(fault) = faults.pop_front()
         {
-            let mut failed = json_response(status, &json!({ "error": "injected failure" }));
-            if status == 429 || status == 503 {
-                failed
-                    .headers_mut()
-                    .insert("retry-after", http::HeaderValue::from_static("1"));
-            }
-            return failed;
+            return match fault {
+                Fault::Truncated => response(
+                    200,
+                    "application/json; charset=utf-8",
+                    r#"{"messages": [{"id": "m-cut", "kind": "sms", "dir"#,
+                ),
+                Fault::Status(status) => {
+                    let mut failed = json_response(status, &json!({ "error": "injected failure" }));
+                    if status == 429 || status == 503 {
+                        failed
+                            .headers_mut()
+                            .insert("retry-after", http::HeaderValue::from_static("1"));
+                    }
+                    failed
+                }
+            };
         }
     }
     if !authenticated {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use archiver_core::digest::sha256_hex;
 use archiver_core::email::message_id;
 use archiver_core::jmap::{Mailbox, find_folder};
-use archiver_tests::{App, SourceSimulator};
+use archiver_tests::{App, Fault, SourceSimulator};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -634,8 +634,10 @@ async fn source_and_destination_failures_lose_nothing_and_are_caught_up() {
     );
     source.set_password("archive-password");
 
-    // A 429 with Retry-After is waited out; the item is staged, but the mail server is down.
+    // A 429 with Retry-After and a page cut short are retried; the item is staged, but the mail
+    // server is down.
     source.fail_next("/v1/messages", 429, 1);
+    source.inject("/v1/messages", Fault::Truncated, 1);
     assert!(
         app.fire_cron("archive-fetch", TIMER)
             .await

@@ -13,6 +13,7 @@ use archiver_core::runs::{
     Figures, LoginFailure, NotImported, NotImportedReason, Run, RunState, RunTrigger, run_id,
 };
 use archiver_core::secrets::{self, SecretKey};
+use archiver_core::source::MessagePage;
 use archiver_core::source_client::{
     SourceError, SourceRequest, account_request, basic_auth, read_account_response,
 };
@@ -193,6 +194,23 @@ async fn send_with_retry(request: &SourceRequest) -> Result<Answer, SourceError>
     }
 }
 
+/// One page of messages; a page that cannot be read (cut short, not JSON) is asked for again,
+/// with the same back-off as a transient HTTP failure.
+async fn fetch_page(request: &SourceRequest, region: Region) -> Result<MessagePage, SourceError> {
+    let mut attempt = 0;
+    loop {
+        let answer = send_with_retry(request).await?;
+        match read_messages_response(answer.status, &answer.body, region) {
+            Ok(page) => return Ok(page),
+            Err(error) => match retry_wait(&error, None, attempt) {
+                Some(wait) => std::thread::sleep(wait),
+                None => return Err(error),
+            },
+        }
+        attempt += 1;
+    }
+}
+
 /// Stages every message of the run's window. `Ok(true)` when the whole window is staged.
 async fn stage_window(
     state: &State<'_, SpinStore>,
@@ -216,6 +234,13 @@ async fn stage_window(
     read_account_response(login.status, &login.body)?;
     let authorization = basic_auth(&connector.username, &password);
     let store_error = |e: archiver_core::state::StoreError| SourceError::Unreachable(e.to_string());
+    // The login worked: an earlier refusal no longer stands, whatever happens next.
+    let mut health = state.health(&connector.id).map_err(store_error)?;
+    if health.login_failure.take().is_some() {
+        state
+            .put_health(&connector.id, &health)
+            .map_err(store_error)?;
+    }
 
     let (since, until) = (
         run.since.unwrap_or_else(Utc::now),
@@ -246,8 +271,7 @@ async fn stage_window(
             until,
             cursor.as_deref(),
         );
-        let answer = send_with_retry(&request).await?;
-        let page = read_messages_response(answer.status, &answer.body, config.region)?;
+        let page = fetch_page(&request, config.region).await?;
         for invalid in &page.invalid {
             run.figures.fetched += 1;
             run.figures.invalid += 1;
