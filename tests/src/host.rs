@@ -137,6 +137,8 @@ struct Shared {
     /// Writes to the key-value store still allowed before a simulated crash; -1: no crash.
     writes_before_crash: AtomicI64,
     logs: Mutex<Vec<u8>>,
+    /// Outbound URL prefix -> statuses to answer with instead of sending, one per request.
+    outbound_faults: Mutex<Vec<(String, u16, usize)>>,
 }
 
 /// A crash the test asked for: the invocation was stopped at a key-value write.
@@ -214,6 +216,23 @@ impl WasiHttpHooks for Outbound {
             .any(|entry| entry.allows(&scheme, &host, port));
         if !allowed {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        if let Some(status) = self.shared.outbound_fault(&request.uri().to_string()) {
+            return Box::new(async move {
+                // Read the request as a server would before it answers with the fault; a body
+                // the guest stops sending changes nothing about the answer.
+                let _drained = request.into_body().collect().await;
+                let body = Full::new(Bytes::from_static(b"injected by the test host"))
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                let response = http::Response::builder()
+                    .status(status)
+                    .body(body)
+                    .map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))?;
+                let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                    Box::new(async { Ok(()) });
+                Ok((response, done))
+            });
         }
         if let Some(target) = chained_component(&host) {
             let target = target.to_string();
@@ -341,6 +360,16 @@ impl variables::Host for State {
 }
 
 impl Shared {
+    /// The status to answer `url` with, if a test injected a fault for it.
+    fn outbound_fault(&self, url: &str) -> Option<u16> {
+        let mut faults = self.outbound_faults.lock().ok()?;
+        let fault = faults
+            .iter_mut()
+            .find(|(prefix, _, left)| *left > 0 && url.starts_with(prefix.as_str()))?;
+        fault.2 -= 1;
+        Some(fault.1)
+    }
+
     fn before_write(&self) -> wasmtime::Result<()> {
         let left = self.writes_before_crash.load(Ordering::SeqCst);
         if left == 0 {
@@ -640,6 +669,7 @@ impl AppBuilder {
             deadline_ticks: AtomicU64::new(ticks(DEFAULT_DEADLINE)),
             writes_before_crash: AtomicI64::new(-1),
             logs: Mutex::new(Vec::new()),
+            outbound_faults: Mutex::new(Vec::new()),
         });
         Ok(App {
             manifest,
@@ -825,6 +855,14 @@ impl App {
         self.shared
             .writes_before_crash
             .store(value, Ordering::SeqCst);
+    }
+
+    /// Answers the next `times` outbound requests of any component whose URL starts with
+    /// `url_prefix` with `status`, instead of sending them: a fault of the server behind it.
+    pub fn fail_outbound(&self, url_prefix: &str, status: u16, times: usize) {
+        if let Ok(mut faults) = self.shared.outbound_faults.lock() {
+            faults.push((url_prefix.to_string(), status, times));
+        }
     }
 
     /// Everything the components wrote to stdout and stderr, each line prefixed by its component.

@@ -852,3 +852,93 @@ async fn a_crash_at_any_key_value_write_loses_nothing_and_duplicates_nothing() {
         "only {crash_points} crash points were tried"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mail_server_error_keeps_the_item_staged_until_it_is_delivered_once() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let item = format!(
+        "u-{}",
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    );
+    let grace = person(
+        "+12025550107",
+        Some("grace@acme.example"),
+        Some("Grace Lee"),
+    );
+    let heidi = person(
+        "+12025550108",
+        Some("heidi@acme.example"),
+        Some("Heidi Roth"),
+    );
+    source.add_message(message(
+        &item,
+        "sms",
+        "inbound",
+        "2026-11-25T06:00:00Z",
+        "2026-11-25T06:00:01Z",
+        heidi,
+        vec![grace],
+        None,
+        "The upload of this one fails once",
+        vec![],
+    ));
+    let app = archiver_at(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL, None);
+    let body = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
+        "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
+    admin(
+        &app,
+        "PUT",
+        "/api/connectors/att-5xx",
+        "application/json",
+        body.to_string(),
+    )
+    .await;
+
+    // Heidi's copy uploads; Grace's upload meets a 503 (the order is the message's).
+    app.fail_outbound("http://127.0.0.1:18080/jmap/upload/grace", 503, 1);
+    assert!(
+        app.fire_cron("archive-fetch", TIMER)
+            .await
+            .unwrap()
+            .is_err()
+    );
+    let status = status_of(&app, "att-5xx").await;
+    assert!(
+        status["runs"][0]["error"].as_str().unwrap().contains("503"),
+        "{status}"
+    );
+    assert_eq!(status["runs"][0]["invariant_holds"], true);
+    assert!(
+        !folder_contents(&jmap, "grace@acme.example")
+            .await
+            .contains_key(&item)
+    );
+    assert!(
+        folder_contents(&jmap, "heidi@acme.example")
+            .await
+            .contains_key(&item)
+    );
+
+    assert_eq!(
+        app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap(),
+        Ok(())
+    );
+    assert!(
+        folder_contents(&jmap, "grace@acme.example")
+            .await
+            .contains_key(&item)
+    );
+    assert!(
+        folder_contents(&jmap, "heidi@acme.example")
+            .await
+            .contains_key(&item),
+        "and still once"
+    );
+    let status = status_of(&app, "att-5xx").await;
+    assert_eq!(status["runs"][0]["state"], "succeeded", "{status}");
+    assert_eq!(
+        status["runs"][0]["figures"]["skipped_duplicate"], 1,
+        "heidi's copy is not sent twice"
+    );
+}
