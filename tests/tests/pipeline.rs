@@ -942,3 +942,62 @@ async fn a_mail_server_error_keeps_the_item_staged_until_it_is_delivered_once() 
         "heidi's copy is not sent twice"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_60_mb_attachment_is_archived_whole() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let item = format!(
+        "big-{}",
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    );
+    let video = attachment(
+        &source,
+        "a-60mb",
+        "drone.mp4",
+        "video/mp4",
+        60 * 1024 * 1024,
+    );
+    let heidi = person(
+        "+12025550108",
+        Some("heidi@acme.example"),
+        Some("Heidi Roth"),
+    );
+    source.add_message(message(
+        &item,
+        "mms",
+        "inbound",
+        "2026-11-25T05:00:00Z",
+        "2026-11-25T05:00:01Z",
+        person("+13125550144", None, None),
+        vec![heidi],
+        Some("Survey footage"),
+        "60 MB",
+        vec![video],
+    ));
+    let app = archiver_at(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL, None);
+    let body = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
+        "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
+    admin(
+        &app,
+        "PUT",
+        "/api/connectors/att-big",
+        "application/json",
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(
+        app.fire_cron("archive-fetch", TIMER).await.unwrap(),
+        Ok(()),
+        "{}",
+        app.logs()
+    );
+    let delivered = folder_contents(&jmap, "heidi@acme.example").await;
+    assert_eq!(delivered[&item]["attachments"][0]["size"], 60 * 1024 * 1024);
+    assert!(
+        app.kv_keys("default")
+            .unwrap()
+            .iter()
+            .all(|k| !k.starts_with("stage/"))
+    );
+}
