@@ -574,6 +574,7 @@ impl AppBuilder {
     pub fn build(self) -> anyhow::Result<App> {
         let manifest = Manifest::load(&self.manifest)?;
         let values = AppVariables::resolve(&manifest, &self.variables)?;
+        let owns_kv = self.kv_path.is_none();
         let kv_path = match self.kv_path {
             Some(path) => path,
             None => fresh_kv_path()?,
@@ -675,6 +676,7 @@ impl AppBuilder {
             manifest,
             shared,
             kv_path,
+            owns_kv,
         })
     }
 }
@@ -705,6 +707,19 @@ pub struct App {
     manifest: Manifest,
     shared: Arc<Shared>,
     kv_path: PathBuf,
+    /// The store file was made for this app (not given by the test): it goes with the app.
+    owns_kv: bool,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if self.owns_kv {
+            for suffix in ["", "-wal", "-shm"] {
+                // Already gone or never written: nothing to clean.
+                let _gone = std::fs::remove_file(format!("{}{suffix}", self.kv_path.display()));
+            }
+        }
+    }
 }
 
 impl App {
