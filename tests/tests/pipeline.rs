@@ -349,17 +349,8 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
     let source = SourceSimulator::start("att-admin", "archive-password").await;
     let expected = the_day(&source);
     source.set_page_cap(4);
-    let app = archiver_at(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL, None);
-    let connector = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
-        "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
-    admin(
-        &app,
-        "PUT",
-        &format!("/api/connectors/{CONNECTOR}"),
-        "application/json",
-        connector.to_string(),
-    )
-    .await;
+    let app = archiver(&source);
+    create_connector(&app, &source, CONNECTOR).await;
     admin(
         &app,
         "PUT",
@@ -509,6 +500,48 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
     );
 }
 
+/// An id no earlier run used, so a scenario holds on a mail server that kept earlier runs.
+fn unique(prefix: &str) -> String {
+    let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    format!("{prefix}-{nanos}")
+}
+
+/// Users the day's scenario does not use, free for the fault scenarios.
+fn grace() -> Value {
+    person(
+        "+12025550107",
+        Some("grace@acme.example"),
+        Some("Grace Lee"),
+    )
+}
+
+fn heidi() -> Value {
+    person(
+        "+12025550108",
+        Some("heidi@acme.example"),
+        Some("Heidi Roth"),
+    )
+}
+
+/// Creates connector `id` for `source` through the admin API, automatic mapping on.
+async fn create_connector(app: &App, source: &SourceSimulator, id: &str) {
+    let body = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
+        "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
+    admin(
+        app,
+        "PUT",
+        &format!("/api/connectors/{id}"),
+        "application/json",
+        body.to_string(),
+    )
+    .await;
+}
+
+/// The archiver on the test host, reading `source` and delivering to the test mail server.
+fn archiver(source: &SourceSimulator) -> App {
+    archiver_at(source, "http://127.0.0.1:18080", JMAP_SESSION_URL, None)
+}
+
 /// The archiver on the test host, reading `source` and delivering to `session_url`.
 fn archiver_at(
     source: &SourceSimulator,
@@ -545,16 +578,8 @@ async fn status_of(app: &App, connector: &str) -> Value {
 async fn source_and_destination_failures_lose_nothing_and_are_caught_up() {
     let jmap = Jmap::connect().await;
     let source = SourceSimulator::start("att-admin", "archive-password").await;
-    // A new id on every run, so the scenario holds on a mail server that kept earlier runs.
-    let item = format!(
-        "g-{}",
-        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-    );
-    let grace = person(
-        "+12025550107",
-        Some("grace@acme.example"),
-        Some("Grace Lee"),
-    );
+    let item = unique("g");
+    let grace = grace();
     let outside = person("+13125550177", None, None);
     source.add_message(message(
         &item,
@@ -576,16 +601,7 @@ async fn source_and_destination_failures_lose_nothing_and_are_caught_up() {
         None,
     );
     let connector = "att-outages";
-    let body = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
-        "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
-    admin(
-        &app,
-        "PUT",
-        &format!("/api/connectors/{connector}"),
-        "application/json",
-        body.to_string(),
-    )
-    .await;
+    create_connector(&app, &source, connector).await;
 
     // The archive stays unavailable through every retry: the run fails, the window is kept.
     source.fail_next("/v1/messages", 503, 4);
@@ -715,21 +731,14 @@ async fn source_and_destination_failures_lose_nothing_and_are_caught_up() {
 async fn an_attachment_with_wrong_bytes_is_reported_and_retried_never_archived_wrong() {
     let jmap = Jmap::connect().await;
     let source = SourceSimulator::start("att-admin", "archive-password").await;
-    let item = format!(
-        "w-{}",
-        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-    );
+    let item = unique("w");
     let right: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
     let mut wrong = right.clone();
     wrong[123_456] ^= 0xff;
     source.add_attachment("a-doc", "application/pdf", wrong);
     let meta = json!({ "id": "a-doc", "filename": "contract.pdf", "content_type": "application/pdf",
         "size": right.len(), "sha256": sha256_hex(&right) });
-    let grace = person(
-        "+12025550107",
-        Some("grace@acme.example"),
-        Some("Grace Lee"),
-    );
+    let grace = grace();
     let outside = person("+13125550166", None, None);
     source.add_message(message(
         &item,
@@ -743,18 +752,9 @@ async fn an_attachment_with_wrong_bytes_is_reported_and_retried_never_archived_w
         "Attached",
         vec![meta],
     ));
-    let app = archiver_at(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL, None);
+    let app = archiver(&source);
     let connector = "att-damaged";
-    let body = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
-        "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
-    admin(
-        &app,
-        "PUT",
-        &format!("/api/connectors/{connector}"),
-        "application/json",
-        body.to_string(),
-    )
-    .await;
+    create_connector(&app, &source, connector).await;
 
     assert_eq!(app.fire_cron("archive-fetch", TIMER).await.unwrap(), Ok(()));
     let status = status_of(&app, connector).await;
@@ -793,16 +793,9 @@ async fn a_crash_at_any_key_value_write_loses_nothing_and_duplicates_nothing() {
     let mut crash_points = 0;
     for writes_before_crash in 0.. {
         let source = SourceSimulator::start("att-admin", "archive-password").await;
-        let item = format!(
-            "c{writes_before_crash}-{}",
-            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-        );
+        let item = unique(&format!("c{writes_before_crash}"));
         let photo = attachment(&source, "a-crash", "crash.jpg", "image/jpeg", 300_000);
-        let grace = person(
-            "+12025550107",
-            Some("grace@acme.example"),
-            Some("Grace Lee"),
-        );
+        let grace = grace();
         source.add_message(message(
             &item,
             "mms",
@@ -815,17 +808,8 @@ async fn a_crash_at_any_key_value_write_loses_nothing_and_duplicates_nothing() {
             "Exactly once",
             vec![photo],
         ));
-        let app = archiver_at(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL, None);
-        let body = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
-            "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
-        admin(
-            &app,
-            "PUT",
-            "/api/connectors/att-crash",
-            "application/json",
-            body.to_string(),
-        )
-        .await;
+        let app = archiver(&source);
+        create_connector(&app, &source, "att-crash").await;
 
         app.crash_after_kv_writes(Some(writes_before_crash));
         let first = app.fire_cron("archive-fetch", TIMER).await;
@@ -857,20 +841,9 @@ async fn a_crash_at_any_key_value_write_loses_nothing_and_duplicates_nothing() {
 async fn a_mail_server_error_keeps_the_item_staged_until_it_is_delivered_once() {
     let jmap = Jmap::connect().await;
     let source = SourceSimulator::start("att-admin", "archive-password").await;
-    let item = format!(
-        "u-{}",
-        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-    );
-    let grace = person(
-        "+12025550107",
-        Some("grace@acme.example"),
-        Some("Grace Lee"),
-    );
-    let heidi = person(
-        "+12025550108",
-        Some("heidi@acme.example"),
-        Some("Heidi Roth"),
-    );
+    let item = unique("u");
+    let grace = grace();
+    let heidi = heidi();
     source.add_message(message(
         &item,
         "sms",
@@ -883,17 +856,8 @@ async fn a_mail_server_error_keeps_the_item_staged_until_it_is_delivered_once() 
         "The upload of this one fails once",
         vec![],
     ));
-    let app = archiver_at(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL, None);
-    let body = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
-        "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
-    admin(
-        &app,
-        "PUT",
-        "/api/connectors/att-5xx",
-        "application/json",
-        body.to_string(),
-    )
-    .await;
+    let app = archiver(&source);
+    create_connector(&app, &source, "att-5xx").await;
 
     // Heidi's copy uploads; Grace's upload meets a 503 (the order is the message's).
     app.fail_outbound("http://127.0.0.1:18080/jmap/upload/grace", 503, 1);
@@ -947,10 +911,7 @@ async fn a_mail_server_error_keeps_the_item_staged_until_it_is_delivered_once() 
 async fn a_60_mb_attachment_is_archived_whole() {
     let jmap = Jmap::connect().await;
     let source = SourceSimulator::start("att-admin", "archive-password").await;
-    let item = format!(
-        "big-{}",
-        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-    );
+    let item = unique("big");
     let video = attachment(
         &source,
         "a-60mb",
@@ -958,11 +919,7 @@ async fn a_60_mb_attachment_is_archived_whole() {
         "video/mp4",
         60 * 1024 * 1024,
     );
-    let heidi = person(
-        "+12025550108",
-        Some("heidi@acme.example"),
-        Some("Heidi Roth"),
-    );
+    let heidi = heidi();
     source.add_message(message(
         &item,
         "mms",
@@ -975,17 +932,8 @@ async fn a_60_mb_attachment_is_archived_whole() {
         "60 MB",
         vec![video],
     ));
-    let app = archiver_at(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL, None);
-    let body = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
-        "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
-    admin(
-        &app,
-        "PUT",
-        "/api/connectors/att-big",
-        "application/json",
-        body.to_string(),
-    )
-    .await;
+    let app = archiver(&source);
+    create_connector(&app, &source, "att-big").await;
     assert_eq!(
         app.fire_cron("archive-fetch", TIMER).await.unwrap(),
         Ok(()),

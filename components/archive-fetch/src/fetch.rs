@@ -31,15 +31,9 @@ struct Config {
 
 impl Config {
     fn load() -> anyhow::Result<Config> {
-        let get =
-            |name: &str| spin_sdk::variables::get(name).with_context(|| format!("variable {name}"));
         Ok(Config {
-            staging_key: get("staging_key")?
-                .parse()
-                .context("variable staging_key")?,
-            region: get("default_region")?
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!("variable default_region: {e}"))?,
+            staging_key: archive_host::staging_key().map_err(anyhow::Error::msg)?,
+            region: archive_host::default_region().map_err(anyhow::Error::msg)?,
         })
     }
 }

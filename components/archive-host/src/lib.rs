@@ -1,6 +1,8 @@
 //! Host glue shared by the components, and nothing else: the core's `KeyValue` on Spin's
 //! `default` store, and sending a request the core built.
 
+use archiver_core::phone::Region;
+use archiver_core::secrets::SecretKey;
 use archiver_core::source_client::SourceRequest;
 use archiver_core::state::{KeyValue, StoreError};
 use spin_sdk::http::{Method, Request, Response};
@@ -35,6 +37,25 @@ impl KeyValue for SpinStore {
             .delete(key)
             .map_err(|e| StoreError(format!("delete {key}: {e}")))
     }
+}
+
+/// A Spin variable of this component; the error names the variable, never a value.
+pub fn variable(name: &str) -> Result<String, String> {
+    spin_sdk::variables::get(name).map_err(|e| format!("variable {name}: {e}"))
+}
+
+/// The `staging_key` variable: the AEAD key of passwords and staged data.
+pub fn staging_key() -> Result<SecretKey, String> {
+    variable("staging_key")?
+        .parse()
+        .map_err(|e| format!("variable staging_key: {e}"))
+}
+
+/// The `default_region` variable: where bare national numbers are read.
+pub fn default_region() -> Result<Region, String> {
+    variable("default_region")?
+        .parse()
+        .map_err(|e| format!("variable default_region: {e}"))
 }
 
 /// Random bytes from the host (`wasi:random`), for nonces and ids.

@@ -15,18 +15,11 @@ impl Config {
     /// Reads every variable; a missing or malformed one is an error naming the variable, never
     /// its value.
     pub fn load() -> Result<Config, String> {
-        let get = |name: &str| {
-            spin_sdk::variables::get(name).map_err(|e| format!("variable {name}: {e}"))
-        };
         Ok(Config {
-            admin_token: get("admin_token")?,
-            staging_key: get("staging_key")?
-                .parse()
-                .map_err(|e| format!("variable staging_key: {e}"))?,
-            default_region: get("default_region")?
-                .parse()
-                .map_err(|e| format!("variable default_region: {e}"))?,
-            source_origin: get("source_origin")?
+            admin_token: archive_host::variable("admin_token")?,
+            staging_key: archive_host::staging_key()?,
+            default_region: archive_host::default_region()?,
+            source_origin: archive_host::variable("source_origin")?
                 .trim_end_matches('/')
                 .to_ascii_lowercase(),
         })
