@@ -18,7 +18,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::kv::{KvBackend, StoreHandle};
+use crate::kv::{CasHandle, KvBackend, StoreHandle};
 use crate::manifest::{Manifest, Route};
 use crate::outbound::{AllowedHost, chained_component, origin_of};
 use crate::variables::{AppVariables, is_valid_name};
@@ -28,7 +28,11 @@ mod spin_bindings {
         path: "wit",
         world: "fermyon:spin/host",
         imports: { default: trappable },
-        with: { "fermyon:spin/key-value.store": crate::kv::StoreHandle },
+        with: {
+            "fermyon:spin/key-value.store": crate::kv::StoreHandle,
+            "wasi:keyvalue/store.bucket": crate::kv::StoreHandle,
+            "wasi:keyvalue/atomics.cas": crate::kv::CasHandle,
+        },
     });
 }
 
@@ -41,6 +45,7 @@ mod cron_bindings {
 }
 
 use spin_bindings::fermyon::spin::{key_value, variables};
+use spin_bindings::wasi::keyvalue::{atomics, batch, store as wasi_store};
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -343,6 +348,212 @@ impl key_value::HostStore for State {
 
 fn other(error: anyhow::Error) -> key_value::Error {
     key_value::Error::Other(format!("{error:#}"))
+}
+
+// `wasi:keyvalue`, on the same stores and rows as `fermyon:spin/key-value`, as in Spin.
+
+fn wasi_other(error: anyhow::Error) -> wasi_store::Error {
+    wasi_store::Error::Other(format!("{error:#}"))
+}
+
+impl State {
+    fn bucket_label(&self, bucket: &Resource<StoreHandle>) -> wasmtime::Result<String> {
+        Ok(self.table.get(bucket)?.label.clone())
+    }
+}
+
+impl wasi_store::Host for State {
+    fn open(
+        &mut self,
+        identifier: String,
+    ) -> wasmtime::Result<Result<Resource<StoreHandle>, wasi_store::Error>> {
+        if !self.guest.stores.contains(&identifier) {
+            return Ok(Err(wasi_store::Error::AccessDenied));
+        }
+        if !self.shared.known_stores.contains(&identifier) {
+            return Ok(Err(wasi_store::Error::NoSuchStore));
+        }
+        Ok(Ok(self.table.push(StoreHandle { label: identifier })?))
+    }
+}
+
+impl wasi_store::HostBucket for State {
+    fn get(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, wasi_store::Error>> {
+        let label = self.bucket_label(&bucket)?;
+        Ok(self.shared.kv.get(&label, &key).map_err(wasi_other))
+    }
+
+    fn set(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), wasi_store::Error>> {
+        self.shared.before_write()?;
+        let label = self.bucket_label(&bucket)?;
+        Ok(self.shared.kv.set(&label, &key, &value).map_err(wasi_other))
+    }
+
+    fn delete(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), wasi_store::Error>> {
+        self.shared.before_write()?;
+        let label = self.bucket_label(&bucket)?;
+        Ok(self.shared.kv.delete(&label, &key).map_err(wasi_other))
+    }
+
+    fn exists(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, wasi_store::Error>> {
+        let label = self.bucket_label(&bucket)?;
+        Ok(self
+            .shared
+            .kv
+            .get(&label, &key)
+            .map(|v| v.is_some())
+            .map_err(wasi_other))
+    }
+
+    fn list_keys(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        _cursor: Option<String>,
+    ) -> wasmtime::Result<Result<wasi_store::KeyResponse, wasi_store::Error>> {
+        let label = self.bucket_label(&bucket)?;
+        Ok(self
+            .shared
+            .kv
+            .keys(&label)
+            .map(|keys| wasi_store::KeyResponse { keys, cursor: None })
+            .map_err(wasi_other))
+    }
+
+    fn drop(&mut self, bucket: Resource<StoreHandle>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for State {
+    fn increment(
+        &mut self,
+        _bucket: Resource<StoreHandle>,
+        _key: String,
+        _delta: i64,
+    ) -> wasmtime::Result<Result<i64, wasi_store::Error>> {
+        Ok(Err(wasi_store::Error::Other(
+            "increment is not provided by the test host".into(),
+        )))
+    }
+
+    fn swap(
+        &mut self,
+        cas: Resource<CasHandle>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), atomics::CasError>> {
+        self.shared.before_write()?;
+        let handle = self.table.get(&cas)?;
+        let swapped = self.shared.kv.compare_and_swap(
+            &handle.label,
+            &handle.key,
+            handle.seen.as_deref(),
+            &value,
+        );
+        Ok(match swapped {
+            Ok(true) => {
+                self.table.delete(cas)?;
+                Ok(())
+            }
+            Ok(false) => Err(atomics::CasError::CasFailed(cas)),
+            Err(e) => {
+                self.table.delete(cas)?;
+                Err(atomics::CasError::StoreError(wasi_other(e)))
+            }
+        })
+    }
+}
+
+impl atomics::HostCas for State {
+    fn new(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<Resource<CasHandle>, wasi_store::Error>> {
+        let label = self.bucket_label(&bucket)?;
+        let seen = match self.shared.kv.get(&label, &key) {
+            Ok(seen) => seen,
+            Err(e) => return Ok(Err(wasi_other(e))),
+        };
+        Ok(Ok(self.table.push(CasHandle { label, key, seen })?))
+    }
+
+    fn current(
+        &mut self,
+        cas: Resource<CasHandle>,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, wasi_store::Error>> {
+        Ok(Ok(self.table.get(&cas)?.seen.clone()))
+    }
+
+    fn drop(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<()> {
+        self.table.delete(cas)?;
+        Ok(())
+    }
+}
+
+impl batch::Host for State {
+    fn get_many(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, wasi_store::Error>> {
+        let label = self.bucket_label(&bucket)?;
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.shared.kv.get(&label, &key) {
+                Ok(value) => found.push((key, value)),
+                Err(e) => return Ok(Err(wasi_other(e))),
+            }
+        }
+        Ok(Ok(found))
+    }
+
+    fn set_many(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<Result<(), wasi_store::Error>> {
+        let label = self.bucket_label(&bucket)?;
+        for (key, value) in key_values {
+            self.shared.before_write()?;
+            if let Err(e) = self.shared.kv.set(&label, &key, &value) {
+                return Ok(Err(wasi_other(e)));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn delete_many(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<(), wasi_store::Error>> {
+        let label = self.bucket_label(&bucket)?;
+        for key in keys {
+            self.shared.before_write()?;
+            if let Err(e) = self.shared.kv.delete(&label, &key) {
+                return Ok(Err(wasi_other(e)));
+            }
+        }
+        Ok(Ok(()))
+    }
 }
 
 impl variables::Host for State {

@@ -12,9 +12,16 @@ pub struct KvBackend {
     connection: Mutex<Connection>,
 }
 
-/// The host side of an open `store` resource.
+/// The host side of an open `store` (fermyon) or `bucket` (wasi) resource.
 pub struct StoreHandle {
     pub label: String,
+}
+
+/// The host side of a `wasi:keyvalue/atomics.cas`: the key and what it held when made.
+pub struct CasHandle {
+    pub label: String,
+    pub key: String,
+    pub seen: Option<Vec<u8>>,
 }
 
 impl KvBackend {
@@ -73,6 +80,39 @@ impl KvBackend {
             )
             .map(drop)
         })
+    }
+
+    /// Sets `key` to `value` if it still holds `expected` (`None`: absent), atomically.
+    pub fn compare_and_swap(
+        &self,
+        store: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> anyhow::Result<bool> {
+        let mut connection = self
+            .connection
+            .lock()
+            .map_err(|_| anyhow::anyhow!("key-value database lock poisoned"))?;
+        let transaction =
+            connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: Option<Vec<u8>> = transaction
+            .query_row(
+                "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                params![store, key],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if current.as_deref() != expected {
+            return Ok(false);
+        }
+        transaction.execute(
+            "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+            params![store, key, value],
+        )?;
+        transaction.commit()?;
+        Ok(true)
     }
 
     pub fn keys(&self, store: &str) -> anyhow::Result<Vec<String>> {

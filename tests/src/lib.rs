@@ -3,8 +3,10 @@
 //! The Spin CLI is not on any package registry, so the tests run the built components on
 //! Wasmtime, the engine Spin embeds, with Spin's semantics:
 //! - [`manifest`]: `spin.toml` (manifest v2) read and checked as `spin up` does;
-//! - key-value (`fermyon:spin/key-value@2.0.0`) on SQLite in Spin's table layout, one file per app
-//!   shared by all its components, stores limited to those a component lists;
+//! - key-value (`fermyon:spin/key-value@2.0.0`, and `wasi:keyvalue@0.2.0-draft2` store, atomics
+//!   and batch on the same rows) on SQLite in Spin's table layout, one file per app shared by all
+//!   its components, stores limited to those a component lists; compare-and-swap is a SQLite
+//!   transaction, so it holds between concurrent invocations;
 //! - variables (`fermyon:spin/variables@2.0.0`): defaults, `required`, `{{ template }}` bindings,
 //!   overrides as `SPIN_VARIABLE_*` would give them;
 //! - outbound HTTP through `wasmtime-wasi-http` with `allowed_outbound_hosts` enforced, and
@@ -15,8 +17,9 @@
 //!   key-value write, to simulate a crash.
 //!
 //! Where it knowingly differs from Spin:
-//! - `wasi:keyvalue` (atomics, batch) and Spin's other interfaces (SQLite, Redis, LLM, MQTT...)
-//!   are not provided; a component importing them fails to link, loudly;
+//! - Spin's other interfaces (SQLite, Redis, LLM, MQTT...) are not provided, nor `wasi:keyvalue`
+//!   `increment` (it answers an error); a component importing them fails to link, loudly;
+//! - `wasi:keyvalue` `list-keys` answers every key at once, with no cursor;
 //! - routes with `:name` segments are not supported, and `spin-path-match-*` headers are not set;
 //! - the `spin-client-addr` header is always `127.0.0.1:0`;
 //! - a chained request's `spin-*` headers describe the target's own route (`/...` if private);

@@ -41,6 +41,8 @@ struct Inner {
     requests: Vec<(String, String, bool)>,
     /// The most items a page holds, whatever `limit` asks (the contract lets the server cap it).
     page_cap: usize,
+    /// How long every answer takes, as a slow archive's would.
+    delay: std::time::Duration,
 }
 
 /// A running simulator; it stops when the test's runtime ends.
@@ -77,6 +79,8 @@ impl SourceSimulator {
                         move |request: hyper::Request<hyper::body::Incoming>| {
                             let inner = inner.clone();
                             async move {
+                                let delay = inner.lock().map(|i| i.delay).unwrap_or_default();
+                                tokio::time::sleep(delay).await;
                                 let (parts, body) = request.into_parts();
                                 let body = body
                                     .collect()
@@ -114,6 +118,11 @@ impl SourceSimulator {
     /// Caps pages at `items`, so a small day still spans several pages.
     pub fn set_page_cap(&self, items: usize) {
         self.with(|i| i.page_cap = items.max(1));
+    }
+
+    /// Makes every answer take `delay`.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.inner.lock().expect("simulator lock").delay = delay;
     }
 
     pub fn set_password(&self, password: &str) {

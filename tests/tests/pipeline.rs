@@ -349,7 +349,8 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
     let source = SourceSimulator::start("att-admin", "archive-password").await;
     let expected = the_day(&source);
     source.set_page_cap(4);
-    let app = archiver(&source);
+    // Steps of 3 messages, pages of 4: steps stop in the middle of pages and go on from there.
+    let app = archiver_in_steps(&source, 3);
     create_connector(&app, &source, CONNECTOR).await;
     admin(
         &app,
@@ -434,6 +435,10 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
     assert_eq!(run["figures"]["available_for_import"], 15);
     assert_eq!(run["figures"]["failed"], 1, "frank has no mailbox");
     assert_eq!(run["invariant_holds"], true);
+    assert!(
+        run["progress"]["steps"].as_u64().unwrap() >= 8,
+        "14 messages in steps of 3, fetch and import: {run}"
+    );
     let pages = source
         .requests()
         .iter()
@@ -542,6 +547,28 @@ fn archiver(source: &SourceSimulator) -> App {
     archiver_at(source, "http://127.0.0.1:18080", JMAP_SESSION_URL, None)
 }
 
+/// The archiver with runs cut into steps of at most `items` messages each.
+fn archiver_in_steps(source: &SourceSimulator, items: usize) -> App {
+    let mut builder = builder(source, "http://127.0.0.1:18080", JMAP_SESSION_URL);
+    builder = builder.variable("step_max_items", items.to_string());
+    builder.build().unwrap()
+}
+
+fn builder(
+    source: &SourceSimulator,
+    origin: &str,
+    session_url: &str,
+) -> archiver_tests::AppBuilder {
+    App::builder("spin.toml")
+        .variable("admin_token", TOKEN)
+        .variable("staging_key", "6b".repeat(32))
+        .variable("source_origin", source.origin())
+        .variable("jmap_origin", origin)
+        .variable("jmap_session_url", session_url)
+        .variable("jmap_username", JMAP_USER)
+        .variable("jmap_password", JMAP_PASSWORD)
+}
+
 /// The archiver on the test host, reading `source` and delivering to `session_url`.
 fn archiver_at(
     source: &SourceSimulator,
@@ -549,18 +576,23 @@ fn archiver_at(
     session_url: &str,
     kv: Option<&std::path::Path>,
 ) -> App {
-    let mut builder = App::builder("spin.toml")
-        .variable("admin_token", TOKEN)
-        .variable("staging_key", "6b".repeat(32))
-        .variable("source_origin", source.origin())
-        .variable("jmap_origin", origin)
-        .variable("jmap_session_url", session_url)
-        .variable("jmap_username", JMAP_USER)
-        .variable("jmap_password", JMAP_PASSWORD);
+    let mut builder = builder(source, origin, session_url);
     if let Some(kv) = kv {
         builder = builder.kv_file(kv);
     }
     builder.build().unwrap()
+}
+
+/// Lets the connector's lease run out, as time passing after a stopped run would.
+fn expire_lease(app: &App, connector: &str) {
+    let key = archiver_core::lease::lease_key(connector);
+    if let Some(mut lease) =
+        archiver_core::lease::decode(app.kv_get("default", &key).unwrap().as_deref())
+    {
+        lease.expires_at = "2000-01-01T00:00:00Z".parse().unwrap();
+        app.kv_set("default", &key, &serde_json::to_vec(&lease).unwrap())
+            .unwrap();
+    }
 }
 
 async fn status_of(app: &App, connector: &str) -> Value {
@@ -818,6 +850,8 @@ async fn a_crash_at_any_key_value_write_loses_nothing_and_duplicates_nothing() {
             break; // past the last write: every crash point was tried
         }
         crash_points += 1;
+        // The stopped run's lease runs out before the next run.
+        expire_lease(&app, "att-crash");
         let second = app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap();
         assert_eq!(
             second,
@@ -948,4 +982,132 @@ async fn a_60_mb_attachment_is_archived_whole() {
             .iter()
             .all(|k| !k.starts_with("stage/"))
     );
+}
+
+/// Three texts from heidi to grace (a copy each) in the timer's first window, ids made unique
+/// by `prefix`.
+fn three_texts(source: &SourceSimulator, prefix: &str) -> Vec<String> {
+    (0..3)
+        .map(|n| {
+            let id = unique(&format!("{prefix}{n}"));
+            source.add_message(message(
+                &id,
+                "sms",
+                "inbound",
+                &format!("2026-11-25T1{n}:00:00Z"),
+                &format!("2026-11-25T1{n}:00:01Z"),
+                heidi(),
+                vec![grace()],
+                None,
+                "Overlap",
+                vec![],
+            ));
+            id
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_finding_another_run_in_progress_does_nothing_until_its_lease_ends() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let ids = three_texts(&source, "l");
+    let app = archiver(&source);
+    create_connector(&app, &source, "att-leased").await;
+    // Another host's run holds the connector.
+    let key = archiver_core::lease::lease_key("att-leased");
+    let foreign = json!({ "holder": "run-on-another-host", "expires_at": "2999-01-01T00:00:00Z" });
+    app.kv_set("default", &key, foreign.to_string().as_bytes())
+        .unwrap();
+
+    let refused = app.fire_cron("archive-fetch", TIMER).await.unwrap();
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("run-on-another-host")),
+        "{refused:?}"
+    );
+    let runs = status_of(&app, "att-leased").await;
+    assert_eq!(runs["runs"][0]["state"], "failed", "{runs}");
+    assert!(
+        runs["runs"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("in progress")
+    );
+    assert!(
+        !source
+            .requests()
+            .iter()
+            .any(|r| r.1.starts_with("/v1/messages")),
+        "the refused run fetched nothing"
+    );
+    let grace_before = folder_contents(&jmap, "grace@acme.example").await;
+    assert!(ids.iter().all(|id| !grace_before.contains_key(id)));
+    assert_eq!(
+        app.kv_get("default", &key).unwrap().unwrap(),
+        foreign.to_string().as_bytes(),
+        "the other run's lease is untouched"
+    );
+
+    expire_lease(&app, "att-leased");
+    assert_eq!(
+        app.fire_cron("archive-fetch", TIMER + 60).await.unwrap(),
+        Ok(()),
+        "{}",
+        app.logs()
+    );
+    let delivered = folder_contents(&jmap, "grace@acme.example").await;
+    assert!(ids.iter().all(|id| delivered.contains_key(id)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_timer_and_a_manual_run_at_once_deliver_each_text_once() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let ids = three_texts(&source, "o");
+    let app = archiver_in_steps(&source, 1);
+    create_connector(&app, &source, "att-overlap").await;
+    // A slow archive: each run takes seconds, so the two overlap.
+    source.set_delay(std::time::Duration::from_millis(150));
+
+    let manual = async {
+        let request = http::Request::post("/api/connectors/att-overlap/runs")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
+            .body(Bytes::from(
+                json!({ "since": "2026-11-24T00:00:00Z", "until": "2026-11-26T00:00:00Z" })
+                    .to_string(),
+            ))
+            .unwrap();
+        app.send(request).await.unwrap()
+    };
+    let (timer, manual) = tokio::join!(app.fire_cron("archive-fetch", TIMER), manual);
+    let timer = timer.unwrap();
+    assert_eq!(manual.status, 202, "{}", manual.text());
+
+    let status = status_of(&app, "att-overlap").await;
+    let runs = status["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{status}");
+    let refused: Vec<&Value> = runs
+        .iter()
+        .filter(|r| {
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("in progress"))
+        })
+        .collect();
+    let succeeded: Vec<&Value> = runs.iter().filter(|r| r["state"] == "succeeded").collect();
+    assert_eq!(
+        (refused.len(), succeeded.len()),
+        (1, 1),
+        "one run works, the other finds it in progress: {status} (timer: {timer:?})"
+    );
+    assert_eq!(refused[0]["figures"]["fetched"], 0);
+    assert_eq!(succeeded[0]["figures"]["fetched"], 3, "{status}");
+    assert_eq!(succeeded[0]["figures"]["imported"], 6, "{status}");
+    for user in ["grace@acme.example", "heidi@acme.example"] {
+        let delivered = folder_contents(&jmap, user).await;
+        assert!(ids.iter().all(|id| delivered.contains_key(id)), "{user}");
+    }
 }

@@ -4,13 +4,15 @@ use anyhow::{Context, bail};
 use archive_host::{Answer, SpinStore, send};
 use archiver_core::connector::Connector;
 use archiver_core::digest::{StreamingSha256, sha256_hex};
+use archiver_core::lease;
 use archiver_core::phone::Region;
 use archiver_core::pipeline::{
-    self, StagedItem, attachment_range_request, item_key, messages_request, ranges,
-    read_messages_response, retry_wait, status_error, window,
+    self, StagedItem, StepBudget, StepLimits, attachment_range_request, item_key, messages_request,
+    ranges, read_messages_response, retry_wait, status_error, window,
 };
 use archiver_core::runs::{
-    Figures, LoginFailure, NotImported, NotImportedReason, Run, RunState, RunTrigger, run_id,
+    Figures, LoginFailure, NotImported, NotImportedReason, Phase, Progress, Run, RunState,
+    RunTrigger, run_id,
 };
 use archiver_core::secrets::{self, SecretKey};
 use archiver_core::source::MessagePage;
@@ -19,14 +21,17 @@ use archiver_core::source_client::{
 };
 use archiver_core::state::{STAGED_CHUNK_BYTES, Sealing, State};
 use chrono::{DateTime, Utc};
+use std::time::Instant;
 
 /// Key of the last timer event seen, seconds since the Unix epoch.
 const LAST_TIMER_EVENT_KEY: &str = "fetch/last-timer-event";
 const IMPORT_URL: &str = "http://archive-import.spin.internal/import";
+const STEP_URL: &str = "http://archive-fetch.spin.internal/steps";
 
 struct Config {
     staging_key: SecretKey,
     region: Region,
+    limits: StepLimits,
 }
 
 impl Config {
@@ -34,6 +39,7 @@ impl Config {
         Ok(Config {
             staging_key: archive_host::staging_key().map_err(anyhow::Error::msg)?,
             region: archive_host::default_region().map_err(anyhow::Error::msg)?,
+            limits: archive_host::step_limits().map_err(anyhow::Error::msg)?,
         })
     }
 }
@@ -51,7 +57,6 @@ pub async fn on_timer(timestamp: u64) -> anyhow::Result<()> {
     if connectors.is_empty() {
         return Ok(());
     }
-    let config = Config::load()?;
     let until = DateTime::from_timestamp(timestamp as i64, 0).context("timer timestamp")?;
     let mut failures = Vec::new();
     for connector in connectors {
@@ -72,8 +77,9 @@ pub async fn on_timer(timestamp: u64) -> anyhow::Result<()> {
             finished_at: None,
             figures: Figures::default(),
             error: None,
+            progress: Default::default(),
         };
-        if let Err(e) = execute(&state, &config, &connector, &mut run).await {
+        if let Err(e) = execute(&state, &connector, &mut run).await {
             failures.push(format!("{}: {e:#}", connector.id));
         }
     }
@@ -96,7 +102,6 @@ fn store_timer_event(store: &SpinStore, timestamp: u64) -> anyhow::Result<()> {
 pub async fn run_queued(connector_id: &str, run_id: &str) -> anyhow::Result<serde_json::Value> {
     let store = SpinStore::open()?;
     let state = State::new(&store);
-    let config = Config::load()?;
     let connector = state
         .connector(connector_id)?
         .context("no such connector")?;
@@ -107,19 +112,47 @@ pub async fn run_queued(connector_id: &str, run_id: &str) -> anyhow::Result<serd
     if run.until.is_none() {
         run.until = Some(Utc::now());
     }
-    execute(&state, &config, &connector, &mut run).await?;
+    execute(&state, &connector, &mut run).await?;
     let run = state.run(connector_id, run_id)?.context("run vanished")?;
     Ok(run.view())
 }
 
-/// Fetches and stages the run's window, then hands the run to the import step. The run record
-/// says how it ended; an `Err` means the run could not even be recorded.
+/// Runs `run` under the connector's lease, so no other run works on the connector meanwhile.
+/// The run record says how it ended; an `Err` means it failed or could not even be recorded.
 async fn execute(
     state: &State<'_, SpinStore>,
-    config: &Config,
     connector: &Connector,
     run: &mut Run,
 ) -> anyhow::Result<()> {
+    let busy = match archive_host::lease::acquire(&connector.id, &run.id, Utc::now()) {
+        Ok(Ok(())) => None,
+        Ok(Err(other)) => Some(lease::busy_reason(&other)),
+        Err(e) => Some(format!("the connector's lease could not be taken: {e}")),
+    };
+    if let Some(reason) = busy {
+        run.state = RunState::Failed;
+        run.started_at = Some(Utc::now());
+        run.finished_at = run.started_at;
+        run.error = Some(reason.clone());
+        state.put_run(run)?;
+        bail!(reason);
+    }
+    let result = drive(state, connector, run).await;
+    if let Err(e) = archive_host::lease::release(&connector.id, &run.id, Utc::now()) {
+        eprintln!("run {}: releasing the lease: {e}", run.id);
+    }
+    result
+}
+
+/// Takes the run through its steps, each a fresh invocation reached by chaining: fetch steps
+/// until the window is staged, then import steps until every item has an outcome. This loop
+/// holds nothing but the run record; the steps do the work, bounded, and checkpoint it.
+async fn drive(
+    state: &State<'_, SpinStore>,
+    connector: &Connector,
+    run: &mut Run,
+) -> anyhow::Result<()> {
+    hand_over_abandoned_runs(state, &connector.id, &run.id)?;
     run.state = RunState::Running;
     run.started_at = Some(Utc::now());
     let watermark = state.watermark(&connector.id)?;
@@ -128,46 +161,349 @@ async fn execute(
         run.since = Some(window(watermark, until, pipeline::DEFAULT_OVERLAP).0);
     }
     state.put_run(run)?;
-
-    let staged = stage_window(state, config, connector, run).await;
-    let mut health = state.health(&connector.id)?;
-    match staged {
-        Ok(complete) => {
-            health.login_failure = None;
-            if complete && run.trigger == RunTrigger::Timer && watermark.is_none_or(|w| w < until) {
-                state.set_watermark(&connector.id, until)?;
-            }
-            state.put_health(&connector.id, &health)?;
-            state.put_run(run)?;
-            let answer = send(
-                &SourceRequest {
-                    method: "POST",
-                    url: format!("{IMPORT_URL}/{}/{}", connector.id, run.id),
-                    headers: vec![],
-                },
-                None,
-            )
-            .await
-            .map_err(anyhow::Error::msg)?;
-            if answer.status >= 300 {
-                bail!("the import step answered {}", answer.status);
-            }
-            Ok(())
+    loop {
+        let before = run.progress.clone();
+        let url = match run.progress.phase {
+            Phase::Fetch => format!("{STEP_URL}/{}/{}", connector.id, run.id),
+            Phase::Import => format!("{IMPORT_URL}/{}/{}", connector.id, run.id),
+            Phase::Done => break,
+        };
+        let answer = send(
+            &SourceRequest {
+                method: "POST",
+                url,
+                headers: vec![],
+            },
+            None,
+        )
+        .await;
+        *run = state
+            .run(&connector.id, &run.id)?
+            .context("the run record vanished")?;
+        if matches!(run.state, RunState::Succeeded | RunState::Failed) {
+            break;
         }
+        let stopped = match answer {
+            Err(e) => Some(format!("a step of the run could not be reached: {e}")),
+            Ok(answer) if answer.status >= 300 => Some(format!(
+                "a step of the run stopped ({}): {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            )),
+            Ok(_) if same_place(&before, &run.progress) => {
+                Some("a step of the run made no progress".to_string())
+            }
+            Ok(_) => None,
+        };
+        if let Some(reason) = stopped {
+            return give_up(state, run, reason);
+        }
+        if let Err(e) = renew_lease(&connector.id, &run.id) {
+            return give_up(state, run, e.to_string());
+        }
+    }
+    match run.state {
+        RunState::Failed => bail!(run.error.clone().unwrap_or_default()),
+        _ => Ok(()),
+    }
+}
+
+/// Whether two checkpoints are the same place (the step count aside).
+fn same_place(before: &Progress, after: &Progress) -> bool {
+    Progress {
+        steps: 0,
+        ..before.clone()
+    } == Progress {
+        steps: 0,
+        ..after.clone()
+    }
+}
+
+/// Ends a run that cannot go on: what it had not imported is kept for the next run.
+fn give_up(state: &State<'_, SpinStore>, run: &mut Run, reason: String) -> anyhow::Result<()> {
+    state.carry_over(run)?;
+    run.state = RunState::Failed;
+    run.finished_at = Some(Utc::now());
+    run.error = Some(format!(
+        "{reason}; what it had not imported is left for the next run"
+    ));
+    state.put_run(run)?;
+    bail!(reason)
+}
+
+/// Runs of the connector still marked running when a run takes the lease were stopped (the
+/// host was killed, or their lease ran out): they are marked failed, and the items they had
+/// not imported are kept for the run taking over.
+fn hand_over_abandoned_runs(
+    state: &State<'_, SpinStore>,
+    connector: &str,
+    current: &str,
+) -> anyhow::Result<()> {
+    for mut run in state.runs(connector)? {
+        if run.id == current || run.state != RunState::Running {
+            continue;
+        }
+        state.carry_over(&run)?;
+        run.state = RunState::Failed;
+        run.finished_at = Some(Utc::now());
+        run.error = Some(format!(
+            "stopped before it finished; run {current} took over what it had not imported"
+        ));
+        state.put_run(&run)?;
+    }
+    Ok(())
+}
+
+/// Why a fetch step stopped the run.
+#[derive(Debug)]
+enum StepError {
+    Source(SourceError),
+    Store(String),
+    LeaseLost(String),
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Source(e) => write!(f, "{e}"),
+            StepError::Store(e) => write!(f, "the key-value store failed: {e}"),
+            StepError::LeaseLost(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<SourceError> for StepError {
+    fn from(e: SourceError) -> Self {
+        StepError::Source(e)
+    }
+}
+
+impl From<archiver_core::state::StoreError> for StepError {
+    fn from(e: archiver_core::state::StoreError) -> Self {
+        StepError::Store(e.to_string())
+    }
+}
+
+/// One fetch step of a run: at most the step limits' worth of messages, from the run's
+/// checkpoint on. Answers the run as the step left it.
+pub async fn fetch_step(connector_id: &str, run_id: &str) -> anyhow::Result<serde_json::Value> {
+    let store = SpinStore::open()?;
+    let state = State::new(&store);
+    let config = Config::load()?;
+    let connector = state
+        .connector(connector_id)?
+        .context("no such connector")?;
+    let mut run = state.run(connector_id, run_id)?.context("no such run")?;
+    if run.progress.phase != Phase::Fetch || run.state != RunState::Running {
+        return Ok(run.view());
+    }
+    run.progress.steps += 1;
+    match stage_step(&state, &config, &connector, &mut run).await {
+        Ok(()) => {}
         Err(error) => {
-            if error == SourceError::BadCredentials || error == SourceError::Forbidden {
+            let mut health = state.health(&connector.id)?;
+            if let StepError::Source(SourceError::BadCredentials | SourceError::Forbidden) = error {
                 health.login_failure = Some(LoginFailure {
                     at: Utc::now(),
                     reason: error.to_string(),
                 });
+                state.put_health(&connector.id, &health)?;
             }
-            state.put_health(&connector.id, &health)?;
+            state.carry_over(&run)?;
             run.state = RunState::Failed;
             run.finished_at = Some(Utc::now());
             run.error = Some(format!("{error}; the window is left for the next run"));
-            state.put_run(run)?;
-            bail!("{error}")
+            state.put_run(&run)?;
         }
+    }
+    Ok(run.view())
+}
+
+/// Stages messages from the checkpoint on until the window ends or the step's limits are
+/// reached; each page's outcome is committed with the run record.
+async fn stage_step(
+    state: &State<'_, SpinStore>,
+    config: &Config,
+    connector: &Connector,
+    run: &mut Run,
+) -> Result<(), StepError> {
+    let started = Instant::now();
+    renew_lease(&connector.id, &run.id)?;
+    take_pending(state, run)?;
+    let password = secrets::open(
+        &config.staging_key,
+        &connector.id,
+        &connector.password_sealed,
+    )
+    .map_err(|e| StepError::Store(format!("stored password: {e}")))?;
+    let password = String::from_utf8_lossy(&password).into_owned();
+    let login = send_with_retry(&account_request(
+        &connector.source_url,
+        &connector.username,
+        &password,
+    ))
+    .await?;
+    read_account_response(login.status, &login.body)?;
+    let authorization = basic_auth(&connector.username, &password);
+    // The login worked: an earlier refusal no longer stands, whatever happens next.
+    let mut health = state.health(&connector.id)?;
+    if health.login_failure.take().is_some() {
+        state.put_health(&connector.id, &health)?;
+    }
+
+    let (since, until) = (
+        run.since.unwrap_or_else(Utc::now),
+        run.until.unwrap_or_else(Utc::now),
+    );
+    let sealing = Sealing {
+        key: &config.staging_key,
+        nonce: &archive_host::random_bytes,
+    };
+    let mut budget = StepBudget::default();
+    loop {
+        let request = messages_request(
+            &connector.source_url,
+            &authorization,
+            since,
+            until,
+            run.progress.cursor.as_deref(),
+        );
+        let page = fetch_page(&request, config.region).await?;
+        let mut keys = Vec::new();
+        let mut not_imported = Vec::new();
+        if run.progress.position == 0 {
+            for invalid in &page.invalid {
+                run.figures.fetched += 1;
+                run.figures.invalid += 1;
+                not_imported.push(NotImported {
+                    run: run.id.clone(),
+                    item_id: invalid
+                        .id
+                        .clone()
+                        .unwrap_or_else(|| format!("#{}", invalid.index)),
+                    participant: None,
+                    target_user: None,
+                    reason: NotImportedReason::InvalidSourceRecord,
+                    detail: invalid.reason.clone(),
+                    at: Utc::now(),
+                });
+            }
+        }
+        let total = page.messages.len();
+        let mut cut_short = false;
+        for message in page.messages.into_iter().skip(run.progress.position) {
+            if budget.exhausted(&config.limits, started.elapsed()) {
+                cut_short = true;
+                break;
+            }
+            run.progress.position += 1;
+            run.figures.fetched += 1;
+            let bytes: u64 = message.attachments.iter().map(|a| a.size).sum();
+            budget.spend(1, bytes);
+            let key = item_key(&message.id);
+            if state.archived(&connector.id, &key)?.is_some() {
+                continue;
+            }
+            if !state.is_staged(&connector.id, &key)? {
+                match stage_attachments(state, connector, &authorization, &key, &message, &sealing)
+                    .await?
+                {
+                    Ok(attachment_chunks) => {
+                        let item = StagedItem {
+                            key: key.clone(),
+                            run: run.id.clone(),
+                            attachment_chunks,
+                            message,
+                            delivered_to: Vec::new(),
+                        };
+                        state.update_staged(&connector.id, &item, &sealing)?;
+                    }
+                    Err(detail) => {
+                        run.progress.incomplete = true;
+                        not_imported.push(NotImported {
+                            run: run.id.clone(),
+                            item_id: message.id.clone(),
+                            participant: None,
+                            target_user: None,
+                            reason: NotImportedReason::AttachmentMismatch,
+                            detail,
+                            at: Utc::now(),
+                        });
+                        continue;
+                    }
+                }
+            }
+            keys.push(key);
+        }
+        state.append_run_items(run, &keys)?;
+        state.append_not_imported(run, &not_imported)?;
+        let page_done = !cut_short && run.progress.position >= total;
+        if page_done {
+            run.progress.position = 0;
+            match page.next_cursor {
+                Some(next) => run.progress.cursor = Some(next),
+                None => {
+                    run.progress.cursor = None;
+                    run.progress.phase = Phase::Import;
+                }
+            }
+        }
+        state.put_run(run)?;
+        if run.progress.phase == Phase::Import {
+            advance_watermark(state, run)?;
+            return Ok(());
+        }
+        if budget.exhausted(&config.limits, started.elapsed()) {
+            return Ok(());
+        }
+    }
+}
+
+/// Takes over the items earlier runs kept staged: they join this run's items, committed with
+/// the run record, and then leave the pending list.
+fn take_pending(state: &State<'_, SpinStore>, run: &mut Run) -> Result<(), StepError> {
+    if !run.progress.took_pending {
+        for n in 0..state.pending_pages(&run.connector)? {
+            let page = state.pending_page(&run.connector, n)?;
+            state.append_run_items(run, &page)?;
+        }
+        run.progress.took_pending = true;
+        state.put_run(run)?;
+    }
+    // Until the fetch is done nothing else adds to the list: emptying it again after a step
+    // that stopped between the commit and the clearing loses nothing.
+    state.clear_pending(&run.connector)?;
+    Ok(())
+}
+
+/// A timer run whose whole window is staged moves the connector's watermark to its end (after
+/// the run record holds every item, so no staged item is left out of every run).
+fn advance_watermark(state: &State<'_, SpinStore>, run: &Run) -> Result<(), StepError> {
+    let Some(until) = run.until else {
+        return Ok(());
+    };
+    if run.progress.incomplete || run.trigger != RunTrigger::Timer {
+        return Ok(());
+    }
+    if state
+        .watermark(&run.connector)?
+        .is_none_or(|watermark| watermark < until)
+    {
+        state.set_watermark(&run.connector, until)?;
+    }
+    Ok(())
+}
+
+/// Extends the run's lease; a run that lost it (it ran past its expiry and another run took
+/// over) stops before it writes anything more.
+fn renew_lease(connector: &str, run: &str) -> Result<(), StepError> {
+    match archive_host::lease::acquire(connector, run, Utc::now()) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(other)) => Err(StepError::LeaseLost(format!(
+            "the run lost its lease to run {}",
+            other.holder
+        ))),
+        Err(e) => Err(StepError::Store(e)),
     }
 }
 
@@ -205,145 +541,6 @@ async fn fetch_page(request: &SourceRequest, region: Region) -> Result<MessagePa
     }
 }
 
-/// Stages every message of the run's window. `Ok(true)` when the whole window is staged.
-async fn stage_window(
-    state: &State<'_, SpinStore>,
-    config: &Config,
-    connector: &Connector,
-    run: &mut Run,
-) -> Result<bool, SourceError> {
-    let password = secrets::open(
-        &config.staging_key,
-        &connector.id,
-        &connector.password_sealed,
-    )
-    .map_err(|e| SourceError::Unreachable(format!("stored password: {e}")))?;
-    let password = String::from_utf8_lossy(&password).into_owned();
-    let login = send_with_retry(&account_request(
-        &connector.source_url,
-        &connector.username,
-        &password,
-    ))
-    .await?;
-    read_account_response(login.status, &login.body)?;
-    let authorization = basic_auth(&connector.username, &password);
-    let store_error = |e: archiver_core::state::StoreError| SourceError::Unreachable(e.to_string());
-    // The login worked: an earlier refusal no longer stands, whatever happens next.
-    let mut health = state.health(&connector.id).map_err(store_error)?;
-    if health.login_failure.take().is_some() {
-        state
-            .put_health(&connector.id, &health)
-            .map_err(store_error)?;
-    }
-
-    let (since, until) = (
-        run.since.unwrap_or_else(Utc::now),
-        run.until.unwrap_or_else(Utc::now),
-    );
-    let mut items = state
-        .run_items(&connector.id, &run.id)
-        .map_err(store_error)?;
-    for key in state.pending(&connector.id).map_err(store_error)? {
-        if !items.contains(&key) {
-            items.push(key);
-        }
-    }
-    let mut not_imported = state
-        .not_imported(&connector.id, &run.id)
-        .map_err(store_error)?;
-    let sealing = Sealing {
-        key: &config.staging_key,
-        nonce: &archive_host::random_bytes,
-    };
-    let mut complete = true;
-    let mut cursor: Option<String> = None;
-    loop {
-        let request = messages_request(
-            &connector.source_url,
-            &authorization,
-            since,
-            until,
-            cursor.as_deref(),
-        );
-        let page = fetch_page(&request, config.region).await?;
-        for invalid in &page.invalid {
-            run.figures.fetched += 1;
-            run.figures.invalid += 1;
-            not_imported.push(NotImported {
-                run: run.id.clone(),
-                item_id: invalid
-                    .id
-                    .clone()
-                    .unwrap_or_else(|| format!("#{}", invalid.index)),
-                participant: None,
-                target_user: None,
-                reason: NotImportedReason::InvalidSourceRecord,
-                detail: invalid.reason.clone(),
-                at: Utc::now(),
-            });
-        }
-        for message in page.messages {
-            run.figures.fetched += 1;
-            let key = item_key(&message.id);
-            if state
-                .archived(&connector.id, &key)
-                .map_err(store_error)?
-                .is_some()
-            {
-                continue;
-            }
-            if !state.is_staged(&connector.id, &key).map_err(store_error)? {
-                match stage_attachments(state, connector, &authorization, &key, &message, &sealing)
-                    .await?
-                {
-                    Ok(attachment_chunks) => {
-                        let item = StagedItem {
-                            key: key.clone(),
-                            run: run.id.clone(),
-                            attachment_chunks,
-                            message,
-                            delivered_to: Vec::new(),
-                        };
-                        state
-                            .update_staged(&connector.id, &item, &sealing)
-                            .map_err(store_error)?;
-                    }
-                    Err(detail) => {
-                        complete = false;
-                        not_imported.push(NotImported {
-                            run: run.id.clone(),
-                            item_id: message.id.clone(),
-                            participant: None,
-                            target_user: None,
-                            reason: NotImportedReason::AttachmentMismatch,
-                            detail,
-                            at: Utc::now(),
-                        });
-                        continue;
-                    }
-                }
-            }
-            if !items.contains(&key) {
-                items.push(key);
-            }
-        }
-        state
-            .put_run_items(&connector.id, &run.id, &items)
-            .map_err(store_error)?;
-        state
-            .add_pending(&connector.id, &items)
-            .map_err(store_error)?;
-        state
-            .put_not_imported(&connector.id, &run.id, &not_imported)
-            .map_err(store_error)?;
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    Ok(complete)
-}
-
 /// Downloads each attachment in ranges of at most one staged chunk and stages the chunks as they
 /// arrive, so memory holds one chunk whatever the size. Returns the chunk count of each
 /// attachment, or `Ok(Err(reason))` when the bytes do not match the size and SHA-256 the archive
@@ -355,8 +552,7 @@ async fn stage_attachments(
     key: &str,
     message: &archiver_core::source::Message,
     sealing: &Sealing<'_>,
-) -> Result<Result<Vec<usize>, String>, SourceError> {
-    let store_error = |e: archiver_core::state::StoreError| SourceError::Unreachable(e.to_string());
+) -> Result<Result<Vec<usize>, String>, StepError> {
     let mut counts = Vec::with_capacity(message.attachments.len());
     for (index, meta) in message.attachments.iter().enumerate() {
         let mut digest = StreamingSha256::default();
@@ -388,9 +584,7 @@ async fn stage_attachments(
             }
             digest.update(&piece);
             received += piece.len() as u64;
-            state
-                .stage_chunk(&connector.id, key, index, n, &piece, sealing)
-                .map_err(store_error)?;
+            state.stage_chunk(&connector.id, key, index, n, &piece, sealing)?;
         }
         if received != meta.size || digest.finish_hex() != meta.sha256 {
             return Ok(Err(format!(

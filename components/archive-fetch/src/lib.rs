@@ -1,8 +1,9 @@
 //! The daily fetch. Fired by Spin's cron trigger, it starts a run for every enabled connector;
 //! a private HTTP route (`POST /runs/{connector}/{run}`, reached by chaining from the admin API)
-//! executes a queued run now. Either way a run logs in to the archive, pages through the window,
-//! stages every valid message with its attachments, moves the watermark once the whole window
-//! is staged, and hands the run to the import step.
+//! executes a queued run now. Either way the run takes the connector's lease and goes through
+//! steps, each a fresh invocation of bounded work reached by chaining: fetch steps
+//! (`POST /steps/{connector}/{run}` here) log in to the archive, page through the window and
+//! stage every valid message with its attachments; then the import component's steps deliver.
 
 mod fetch;
 
@@ -38,6 +39,16 @@ async fn handle_run_request(request: Request) -> Response {
                 .build(),
             Err(e) => Response::new(500, format!("{e:#}")),
         },
+        (Method::Post, ["steps", connector, run]) => {
+            match fetch::fetch_step(connector, run).await {
+                Ok(view) => Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(view.to_string())
+                    .build(),
+                Err(e) => Response::new(500, format!("{e:#}")),
+            }
+        }
         _ => Response::new(404, "no such route"),
     }
 }

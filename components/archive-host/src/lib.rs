@@ -104,3 +104,68 @@ pub async fn send(
         body: response.into_body(),
     })
 }
+
+/// The connector's lease, through `wasi:keyvalue` compare-and-swap on the `default` store.
+pub mod lease {
+    use archiver_core::lease::{self, Lease, LeaseDecision};
+    use chrono::{DateTime, Utc};
+    use spin_sdk::wit::wasi::keyvalue::{atomics, store};
+
+    fn bucket() -> Result<store::Bucket, String> {
+        store::open("default").map_err(|e| format!("opening the default store: {e:?}"))
+    }
+
+    /// Takes or renews the lease of `connector` for `holder`: `Ok(Err(lease))` when another run
+    /// holds it (also when that run took it between our read and our swap).
+    pub fn acquire(
+        connector: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), Lease>, String> {
+        let bucket = bucket()?;
+        let key = lease::lease_key(connector);
+        let cas = atomics::Cas::new(&bucket, &key).map_err(|e| format!("lease: {e:?}"))?;
+        let current = cas.current().map_err(|e| format!("lease: {e:?}"))?;
+        match lease::acquire(current.as_deref(), holder, now, lease::LEASE_DURATION) {
+            LeaseDecision::HeldBy(other) => Ok(Err(other)),
+            LeaseDecision::Write(value) => match atomics::swap(cas, &value) {
+                Ok(()) => Ok(Ok(())),
+                Err(atomics::CasError::CasFailed(_)) => {
+                    let stored = bucket.get(&key).map_err(|e| format!("lease: {e:?}"))?;
+                    let now_held = lease::decode(stored.as_deref());
+                    Ok(Err(now_held.unwrap_or(Lease {
+                        holder: "another run".into(),
+                        expires_at: now + lease::LEASE_DURATION,
+                    })))
+                }
+                Err(atomics::CasError::StoreError(e)) => Err(format!("lease: {e:?}")),
+            },
+        }
+    }
+
+    /// Gives the lease up if `holder` holds it; a lost race means someone else holds it now,
+    /// which is no error.
+    pub fn release(connector: &str, holder: &str, now: DateTime<Utc>) -> Result<(), String> {
+        let bucket = bucket()?;
+        let cas = atomics::Cas::new(&bucket, &lease::lease_key(connector))
+            .map_err(|e| format!("lease: {e:?}"))?;
+        let current = cas.current().map_err(|e| format!("lease: {e:?}"))?;
+        match lease::release(current.as_deref(), holder, now) {
+            None => Ok(()),
+            Some(value) => match atomics::swap(cas, &value) {
+                Ok(()) | Err(atomics::CasError::CasFailed(_)) => Ok(()),
+                Err(atomics::CasError::StoreError(e)) => Err(format!("lease: {e:?}")),
+            },
+        }
+    }
+}
+
+/// The `step_max_items`, `step_max_bytes` and `step_max_seconds` variables: how much one step
+/// of a run does before it checkpoints.
+pub fn step_limits() -> Result<archiver_core::pipeline::StepLimits, String> {
+    archiver_core::pipeline::StepLimits::parse(
+        &variable("step_max_items")?,
+        &variable("step_max_bytes")?,
+        &variable("step_max_seconds")?,
+    )
+}

@@ -10,13 +10,14 @@ use archiver_core::jmap::{
 };
 use archiver_core::ledger::{CopyOutcome, Ledger};
 use archiver_core::phone::Region;
-use archiver_core::pipeline::StagedItem;
+use archiver_core::pipeline::{StagedItem, StepBudget, StepLimits};
 use archiver_core::resolve::MappingRules;
-use archiver_core::runs::{NotImportedReason, Run, RunState};
+use archiver_core::runs::{NotImportedReason, Phase, Run, RunState};
 use archiver_core::secrets::SecretKey;
 use archiver_core::source_client::{SourceRequest, basic_auth};
 use archiver_core::state::{Sealing, State};
 use chrono::Utc;
+use std::time::Instant;
 
 struct Config {
     staging_key: SecretKey,
@@ -24,6 +25,7 @@ struct Config {
     address_domain: String,
     session_url: String,
     authorization: String,
+    limits: StepLimits,
 }
 
 impl Config {
@@ -35,6 +37,7 @@ impl Config {
             address_domain: get("address_domain")?,
             session_url: get("jmap_session_url")?,
             authorization: basic_auth(&get("jmap_username")?, &get("jmap_password")?),
+            limits: archive_host::step_limits().map_err(anyhow::Error::msg)?,
         })
     }
 }
@@ -213,9 +216,11 @@ impl Importer<'_, '_> {
     }
 }
 
-/// Imports every item the run staged, in batches per account; updates the run's figures and
-/// state. Copies that failed transiently leave their item staged for the next run.
-pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serde_json::Value> {
+/// One import step of a run: the run's next items, at most the step limits' worth, delivered
+/// in batches per account; the step's outcomes are committed with the run record. The last step
+/// ends the run. Copies that failed transiently leave their item staged for the next run.
+pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<serde_json::Value> {
+    let started = Instant::now();
     let config = Config::load()?;
     let store = SpinStore::open()?;
     let state = State::new(&store);
@@ -223,6 +228,15 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
         .connector(connector_id)?
         .context("no such connector")?;
     let mut run: Run = state.run(connector_id, run_id)?.context("no such run")?;
+    if run.progress.phase != Phase::Import || run.state != RunState::Running {
+        return Ok(run.view());
+    }
+    match archive_host::lease::acquire(connector_id, run_id, Utc::now()) {
+        Ok(Ok(())) => {}
+        Ok(Err(other)) => bail!("the run lost its lease to run {}", other.holder),
+        Err(e) => bail!("the run's lease: {e}"),
+    }
+    run.progress.steps += 1;
     let table = state.mapping(connector_id, config.region)?;
     let rules = MappingRules {
         table: &table,
@@ -256,28 +270,39 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
         key: &config.staging_key,
         nonce: &archive_host::random_bytes,
     };
+
+    // The step's items: from the checkpoint on, as many as the limits allow.
     let mut items = Vec::new();
-    // Keys no longer staged, or archived by an attempt that stopped while purging them, leave
-    // the pending list too (their leftovers are purged again).
-    let mut settled = Vec::new();
-    for key in state.run_items(connector_id, run_id)? {
-        let archived = state.archived(connector_id, &key)?.is_some();
-        match state.staged(connector_id, &key, &sealing)? {
-            Some(item) if archived => {
-                state.archive(connector_id, &item, Utc::now())?;
-                settled.push(key);
+    // Keys no longer staged, or archived by an attempt that stopped while purging them, are
+    // done (their leftovers are purged again).
+    let mut budget = StepBudget::default();
+    let (mut page_n, mut position) = (run.progress.imported_pages, run.progress.imported_position);
+    'pages: while page_n < run.progress.item_pages {
+        let page = state.run_item_page(&run, page_n)?;
+        while position < page.len() {
+            if budget.exhausted(&config.limits, started.elapsed()) {
+                break 'pages;
             }
-            Some(item) => items.push(item),
-            None => settled.push(key),
+            let key = &page[position];
+            position += 1;
+            let archived = state.archived(connector_id, key)?.is_some();
+            match state.staged(connector_id, key, &sealing)? {
+                Some(item) if archived => {
+                    state.archive(connector_id, &item, Utc::now())?;
+                    budget.spend(1, 0);
+                }
+                Some(item) => {
+                    let bytes = item.message.attachments.iter().map(|a| a.size).sum();
+                    budget.spend(1, bytes);
+                    items.push(item);
+                }
+                None => budget.spend(1, 0),
+            }
         }
+        page_n += 1;
+        position = 0;
     }
-    let ledger = Ledger::new(
-        run_id,
-        items.len(),
-        run.figures,
-        state.not_imported(connector_id, run_id)?,
-        Utc::now(),
-    );
+    let ledger = Ledger::new(run_id, items.len(), run.figures, Vec::new(), Utc::now());
     let mut importer = Importer {
         state: &state,
         sealing: &sealing,
@@ -355,17 +380,29 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
     for account in accounts {
         importer.flush(&account).await?;
     }
+    let mut kept = Vec::new();
     for (index, item) in importer.items.iter().enumerate() {
-        if !importer.ledger.is_kept(index) {
+        if importer.ledger.is_kept(index) {
+            kept.push(item.key.clone());
+        } else {
             state.archive(connector_id, item, Utc::now())?;
-            settled.push(item.key.clone());
         }
     }
-    state.remove_pending(connector_id, &settled)?;
+    state.append_pending(connector_id, &kept)?;
     let ledger = importer.ledger;
-    state.put_not_imported(connector_id, run_id, &ledger.not_imported)?;
+    state.append_not_imported(&mut run, &ledger.not_imported)?;
     run.figures = ledger.figures;
-    match ledger.transient {
+    if let Some(detail) = ledger.transient {
+        run.progress.transient = Some(detail);
+    }
+    run.progress.imported_pages = page_n;
+    run.progress.imported_position = position;
+    if page_n < run.progress.item_pages {
+        state.put_run(&run)?;
+        return Ok(run.view());
+    }
+    run.progress.phase = Phase::Done;
+    match run.progress.transient.clone() {
         Some(detail) => fail(
             &state,
             &mut run,
@@ -380,11 +417,15 @@ pub async fn import_run(connector_id: &str, run_id: &str) -> anyhow::Result<serd
     }
 }
 
+/// Ends the run as failed. Whatever it had not imported joins the pending list for the next
+/// run (items a failing destination kept are there already).
 fn fail(
     state: &State<'_, SpinStore>,
     run: &mut Run,
     error: String,
 ) -> anyhow::Result<serde_json::Value> {
+    state.carry_over(run)?;
+    run.progress.phase = Phase::Done;
     run.state = RunState::Failed;
     run.finished_at = Some(Utc::now());
     run.error = Some(error.clone());

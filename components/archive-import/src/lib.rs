@@ -1,6 +1,7 @@
 //! The import step, reachable only by local service chaining from the fetch component:
-//! `POST /import/{connector}/{run}` converts each item the run staged into email and delivers one
-//! copy to each mapped user's mailbox over JMAP, recording every outcome.
+//! `POST /import/{connector}/{run}` is one step of a run's import: it converts the run's next
+//! staged items into email and delivers one copy to each mapped user's mailbox over JMAP,
+//! recording every outcome and checkpointing in the run record.
 
 mod deliver;
 
@@ -13,7 +14,7 @@ async fn handle_import(request: Request) -> Response {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (request.method(), segments.as_slice()) {
         (Method::Post, ["import", connector, run]) => {
-            match deliver::import_run(connector, run).await {
+            match deliver::import_step(connector, run).await {
                 Ok(view) => Response::builder()
                     .status(200)
                     .header("content-type", "application/json")

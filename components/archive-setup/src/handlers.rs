@@ -210,6 +210,7 @@ pub async fn start_run(id: &str, request: &Request) -> Result<Response, ApiError
         finished_at: None,
         figures: runs::Figures::default(),
         error: None,
+        progress: Default::default(),
     };
     state.put_run(&run)?;
     let start = SourceRequest {
@@ -241,8 +242,7 @@ pub fn get_run(id: &str, run_id: &str) -> Result<Response, ApiError> {
             .run(id, run_id)?
             .ok_or_else(|| ApiError::NoSuchRun(run_id.to_string()))?;
         let mut view = run.view();
-        view["not_imported"] =
-            serde_json::to_value(state.not_imported(id, run_id)?).unwrap_or_default();
+        view["not_imported"] = serde_json::to_value(state.not_imported(&run)?).unwrap_or_default();
         Ok(json(200, &view))
     })
 }
@@ -258,7 +258,7 @@ pub fn status(id: &str, query: &str) -> Result<Response, ApiError> {
         let runs = state.runs(id)?;
         let mut not_imported = Vec::new();
         for run in &runs {
-            not_imported.extend(state.not_imported(id, &run.id)?);
+            not_imported.extend(state.not_imported(run)?);
         }
         let status = runs::status(
             id,

@@ -7,6 +7,7 @@
 //! - [`resolve`]: who among a message's participants is a user, and who gets a copy.
 //! - [`email`]: one message as an RFC 5322/MIME email that stands as evidence.
 //! - [`connector`], [`runs`], [`state`]: connectors, runs and status, and their key-value layout.
+//! - [`lease`]: one run at a time per connector, by compare-and-swap.
 //! - [`secrets`]: passwords sealed at rest, the admin token checked in constant time.
 //! - [`source_client`]: requests to the carrier archive, built and read without I/O.
 //! - [`api`]: the admin API's errors as HTTP statuses and bodies.
@@ -19,6 +20,7 @@ pub mod conversation;
 pub mod digest;
 pub mod email;
 pub mod jmap;
+pub mod lease;
 pub mod ledger;
 pub mod mapping;
 pub mod phone;

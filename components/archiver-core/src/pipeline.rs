@@ -20,6 +20,65 @@ pub const MAX_ATTEMPTS: u32 = 4;
 /// The longest wait between attempts, whatever `Retry-After` asks.
 pub const MAX_RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How much one step of a run may do before it checkpoints and hands over to the next step:
+/// items, bytes of attachments, and time. A step always does at least one item, so a run
+/// advances whatever the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepLimits {
+    pub items: usize,
+    pub bytes: u64,
+    pub time: std::time::Duration,
+}
+
+impl Default for StepLimits {
+    fn default() -> Self {
+        StepLimits {
+            items: 1000,
+            bytes: 64 << 20,
+            time: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+impl StepLimits {
+    /// From the `step_max_items`, `step_max_bytes` and `step_max_seconds` settings.
+    pub fn parse(items: &str, bytes: &str, seconds: &str) -> Result<StepLimits, String> {
+        fn positive(name: &str, value: &str) -> Result<u64, String> {
+            match value.trim().parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!(
+                    "{name} must be a whole number above 0, not {value:?}"
+                )),
+            }
+        }
+        Ok(StepLimits {
+            items: positive("step_max_items", items)? as usize,
+            bytes: positive("step_max_bytes", bytes)?,
+            time: std::time::Duration::from_secs(positive("step_max_seconds", seconds)?),
+        })
+    }
+}
+
+/// What a step has done so far against its [`StepLimits`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepBudget {
+    items: usize,
+    bytes: u64,
+}
+
+impl StepBudget {
+    pub fn spend(&mut self, items: usize, bytes: u64) {
+        self.items += items;
+        self.bytes += bytes;
+    }
+
+    /// Whether the step must stop before its next item (never before its first).
+    pub fn exhausted(&self, limits: &StepLimits, elapsed: std::time::Duration) -> bool {
+        self.items > 0
+            && (self.items >= limits.items || self.bytes >= limits.bytes || elapsed >= limits.time)
+    }
+}
+
 /// The `[since, until)` window of a run: from the watermark (minus the overlap) to `until`.
 pub fn window(
     watermark: Option<DateTime<Utc>>,
@@ -276,5 +335,31 @@ mod tests {
         );
         assert_eq!(retry_wait(&busy, None, MAX_ATTEMPTS - 1), None);
         assert_eq!(retry_wait(&SourceError::BadCredentials, None, 0), None);
+    }
+
+    #[test]
+    fn a_step_stops_at_its_first_limit_but_never_before_its_first_item() {
+        let limits = StepLimits::parse("3", "1000", "5").unwrap();
+        let second = std::time::Duration::from_secs(1);
+        let mut budget = StepBudget::default();
+        assert!(!budget.exhausted(&limits, 10 * second), "no item done yet");
+        budget.spend(1, 10);
+        assert!(!budget.exhausted(&limits, second));
+        assert!(budget.exhausted(&limits, 5 * second));
+        budget.spend(1, 990);
+        assert!(budget.exhausted(&limits, second), "bytes");
+        let mut budget = StepBudget::default();
+        budget.spend(3, 0);
+        assert!(budget.exhausted(&limits, second), "items");
+        assert!(
+            StepLimits::parse("0", "1", "1")
+                .unwrap_err()
+                .contains("step_max_items")
+        );
+        assert!(
+            StepLimits::parse("1", "x", "1")
+                .unwrap_err()
+                .contains("step_max_bytes")
+        );
     }
 }

@@ -80,6 +80,44 @@ pub struct Run {
     pub figures: Figures,
     /// Why a failed run failed, in words an admin can act on.
     pub error: Option<String>,
+    /// Where the run's steps have got to.
+    #[serde(default)]
+    pub progress: Progress,
+}
+
+/// A run's stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Fetch,
+    Import,
+    Done,
+}
+
+/// A run's checkpoint: a run is done in steps of bounded work, each of which continues from
+/// here and ends by writing the run record, so a step cut short is done again from its start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub phase: Phase,
+    /// Items kept staged by earlier runs were added to this run's items.
+    pub took_pending: bool,
+    /// The cursor of the archive page being fetched (`None`: the first page).
+    pub cursor: Option<String>,
+    /// Valid messages of that page already handled.
+    pub position: usize,
+    /// Some message of the window could not be staged (its attachment did not match).
+    pub incomplete: bool,
+    /// Pages of the run's item keys and of its not-imported records (see the state layout).
+    pub item_pages: usize,
+    pub not_imported_pages: usize,
+    /// Item pages whose import is finished, and items of the next page imported.
+    pub imported_pages: usize,
+    pub imported_position: usize,
+    /// The last destination failure of the run, if any copy failed transiently.
+    pub transient: Option<String>,
+    /// Steps taken, fetch and import together.
+    pub steps: u64,
 }
 
 impl Run {
@@ -287,6 +325,7 @@ mod tests {
             finished_at: Some(at(requested) + Duration::minutes(5)),
             figures,
             error: None,
+            progress: Progress::default(),
         }
     }
 

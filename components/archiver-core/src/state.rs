@@ -13,16 +13,20 @@
 //! | `connector/{id}/runs` | JSON list of run ids, oldest first |
 //! | `connector/{id}/health` | [`HealthRecord`] |
 //! | `run/{id}/{run}` | the [`Run`] |
-//! | `run/{id}/{run}/not-imported` | paged list of [`NotImported`] |
-//! | `run/{id}/{run}/items` | paged list of the item keys the run staged |
-//!
-//! A paged list keeps its page count under its key and each page (a JSON array of at most
-//! [`CHUNK_BYTES`]) under `{key}/{n}`.
+//! | `run/{id}/{run}/not-imported/{n}` | page `n` of the run's [`NotImported`] records |
+//! | `run/{id}/{run}/items/{n}` | page `n` of the item keys the run works on |
 //! | `connector/{id}/watermark` | end of the last window staged whole (RFC 3339) |
 //! | `stage/{id}/{item}` | a [`StagedItem`] waiting for delivery, sealed (see [`Sealing`]) |
 //! | `stage/{id}/{item}/{attachment}/{n}` | chunk `n` of an attachment's bytes, sealed |
 //! | `archived/{id}/{item}` | an [`ArchivedItem`]: every copy delivered, staging purged |
-//! | `connector/{id}/pending` | paged list of the item keys staged and not yet archived |
+//! | `connector/{id}/pending` | page count of the item keys kept staged for a later run |
+//! | `connector/{id}/pending/{n}` | page `n` of those keys |
+//! | `connector/{id}/lease` | the [`crate::lease::Lease`] of the run working on the connector |
+//!
+//! A page is a JSON array of at most [`CHUNK_BYTES`]. A run's pages are counted in the run's
+//! [`crate::runs::Progress`]: a step writes its new pages past the count and then the run record
+//! with the new count, so the run record is the step's one commit and a step done again after a
+//! crash overwrites its own invisible pages instead of adding twice.
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -138,22 +142,14 @@ impl<'a, K: KeyValue> State<'a, K> {
         self.kv.set(key, &bytes)
     }
 
-    /// A list that may grow large, stored as pages of at most [`CHUNK_BYTES`] of JSON under
-    /// `{key}/{page}` with the page count under `key`, written last.
-    fn read_list<T: DeserializeOwned>(&self, key: &str) -> Result<Vec<T>, StoreError> {
-        let pages: usize = self.read(key)?.unwrap_or(0);
-        let mut items = Vec::new();
-        for page in 0..pages {
-            let part: Vec<T> = self
-                .read(&format!("{key}/{page}"))?
-                .ok_or_else(|| StoreError(format!("list {key}: page {page} is missing")))?;
-            items.extend(part);
-        }
-        Ok(items)
-    }
-
-    fn write_list<T: Serialize>(&self, key: &str, items: &[T]) -> Result<(), StoreError> {
-        let old_pages: usize = self.read(key)?.unwrap_or(0);
+    /// Writes `items` as pages `{key}/{first}`, `{key}/{first + 1}`, ... and returns how many
+    /// pages it wrote (none for no items). The caller commits the new count.
+    fn write_pages<T: Serialize>(
+        &self,
+        key: &str,
+        first: usize,
+        items: &[T],
+    ) -> Result<usize, StoreError> {
         let mut pages: Vec<Vec<u8>> = Vec::new();
         let mut page: Vec<u8> = b"[".to_vec();
         for item in items {
@@ -172,13 +168,14 @@ impl<'a, K: KeyValue> State<'a, K> {
             pages.push(page);
         }
         for (n, page) in pages.iter().enumerate() {
-            self.kv.set(&format!("{key}/{n}"), page)?;
+            self.kv.set(&format!("{key}/{}", first + n), page)?;
         }
-        self.write(key, &pages.len())?;
-        for n in pages.len()..old_pages {
-            self.kv.delete(&format!("{key}/{n}"))?;
-        }
-        Ok(())
+        Ok(pages.len())
+    }
+
+    fn read_page<T: DeserializeOwned>(&self, key: &str, n: usize) -> Result<Vec<T>, StoreError> {
+        self.read(&format!("{key}/{n}"))?
+            .ok_or_else(|| StoreError(format!("list {key}: page {n} is missing")))
     }
 
     pub fn connector_ids(&self) -> Result<Vec<String>, StoreError> {
@@ -345,17 +342,27 @@ impl<'a, K: KeyValue> State<'a, K> {
         Ok(())
     }
 
-    pub fn not_imported(&self, id: &str, run: &str) -> Result<Vec<NotImported>, StoreError> {
-        self.read_list(&not_imported_key(id, run))
+    /// Every record of items the run did not import.
+    pub fn not_imported(&self, run: &Run) -> Result<Vec<NotImported>, StoreError> {
+        let key = not_imported_key(&run.connector, &run.id);
+        let mut all = Vec::new();
+        for n in 0..run.progress.not_imported_pages {
+            all.extend(self.read_page::<NotImported>(&key, n)?);
+        }
+        Ok(all)
     }
 
-    pub fn put_not_imported(
+    /// Adds records to the run's list: written past the run's page count, which the caller
+    /// commits with [`Self::put_run`].
+    pub fn append_not_imported(
         &self,
-        id: &str,
-        run: &str,
-        items: &[NotImported],
+        run: &mut Run,
+        records: &[NotImported],
     ) -> Result<(), StoreError> {
-        self.write_list(&not_imported_key(id, run), items)
+        let key = not_imported_key(&run.connector, &run.id);
+        run.progress.not_imported_pages +=
+            self.write_pages(&key, run.progress.not_imported_pages, records)?;
+        Ok(())
     }
 
     pub fn health(&self, id: &str) -> Result<HealthRecord, StoreError> {
@@ -400,12 +407,16 @@ impl<K: KeyValue> State<'_, K> {
         self.write(&watermark_key(id), &until)
     }
 
-    pub fn run_items(&self, id: &str, run: &str) -> Result<Vec<String>, StoreError> {
-        self.read_list(&run_items_key(id, run))
+    /// Page `n` of the item keys the run works on.
+    pub fn run_item_page(&self, run: &Run, n: usize) -> Result<Vec<String>, StoreError> {
+        self.read_page(&run_items_key(&run.connector, &run.id), n)
     }
 
-    pub fn put_run_items(&self, id: &str, run: &str, items: &[String]) -> Result<(), StoreError> {
-        self.write_list(&run_items_key(id, run), items)
+    /// Adds item keys to the run, past its page count, which the caller commits.
+    pub fn append_run_items(&self, run: &mut Run, keys: &[String]) -> Result<(), StoreError> {
+        let key = run_items_key(&run.connector, &run.id);
+        run.progress.item_pages += self.write_pages(&key, run.progress.item_pages, keys)?;
+        Ok(())
     }
 
     pub fn staged(
@@ -466,36 +477,53 @@ impl<K: KeyValue> State<'_, K> {
         self.kv.set(&key, &sealing.seal(&key, chunk)?)
     }
 
-    /// Items staged by any run and not known archived: a later run delivers what an earlier
-    /// one could not. Kept as one paged list, updated once per page fetched and once per import.
-    pub fn pending(&self, id: &str) -> Result<Vec<String>, StoreError> {
-        self.read_list(&pending_key(id))
+    /// Items an import kept staged (the destination failed for a copy), for the next run to
+    /// take over: a page count and pages, appended to and cleared as a whole, never rewritten.
+    pub fn pending_pages(&self, id: &str) -> Result<usize, StoreError> {
+        Ok(self.read(&pending_key(id))?.unwrap_or(0))
     }
 
-    pub fn add_pending(&self, id: &str, keys: &[String]) -> Result<(), StoreError> {
-        let mut pending = self.pending(id)?;
-        let known: std::collections::BTreeSet<String> = pending.iter().cloned().collect();
-        let new: Vec<String> = keys
-            .iter()
-            .filter(|k| !known.contains(*k))
-            .cloned()
-            .collect();
-        if new.is_empty() {
-            return Ok(());
-        }
-        pending.extend(new);
-        self.write_list(&pending_key(id), &pending)
+    pub fn pending_page(&self, id: &str, n: usize) -> Result<Vec<String>, StoreError> {
+        self.read_page(&pending_key(id), n)
     }
 
-    pub fn remove_pending(&self, id: &str, keys: &[String]) -> Result<(), StoreError> {
-        let gone: std::collections::BTreeSet<&String> = keys.iter().collect();
-        let mut pending = self.pending(id)?;
-        let before = pending.len();
-        pending.retain(|key| !gone.contains(key));
-        if pending.len() == before {
+    /// Adds keys; a key may end up listed twice, which the run taking them over tolerates.
+    pub fn append_pending(&self, id: &str, keys: &[String]) -> Result<(), StoreError> {
+        let pages = self.pending_pages(id)?;
+        let written = self.write_pages(&pending_key(id), pages, keys)?;
+        if written > 0 {
+            self.write(&pending_key(id), &(pages + written))?;
+        }
+        Ok(())
+    }
+
+    /// Adds the items of `run` its import has not reached to the pending list, a page at a
+    /// time, for the next run to take over.
+    pub fn carry_over(&self, run: &Run) -> Result<(), StoreError> {
+        let progress = &run.progress;
+        for n in progress.imported_pages..progress.item_pages {
+            let page = self.run_item_page(run, n)?;
+            let skip = if n == progress.imported_pages {
+                progress.imported_position.min(page.len())
+            } else {
+                0
+            };
+            self.append_pending(&run.connector, &page[skip..])?;
+        }
+        Ok(())
+    }
+
+    /// Empties the list (count first, so a crash leaves it empty with some unread pages).
+    pub fn clear_pending(&self, id: &str) -> Result<(), StoreError> {
+        let pages = self.pending_pages(id)?;
+        if pages == 0 {
             return Ok(());
         }
-        self.write_list(&pending_key(id), &pending)
+        self.write(&pending_key(id), &0usize)?;
+        for n in 0..pages {
+            self.kv.delete(&format!("{}/{n}", pending_key(id)))?;
+        }
+        Ok(())
     }
 
     pub fn update_staged(
@@ -649,27 +677,51 @@ mod tests {
     }
 
     #[test]
-    fn long_lists_are_paged_under_the_value_limit_and_shrink_cleanly() {
+    fn long_lists_are_paged_under_the_value_limit_and_committed_by_the_run() {
         let store = MemoryStore::default();
         let state = State::new(&store);
+        let mut run = crate::testing::run("c", "r");
         let keys: Vec<String> = (0..20_000).map(|i| format!("{i:032x}")).collect();
-        state.put_run_items("c", "r", &keys).unwrap();
-        assert_eq!(state.run_items("c", "r").unwrap(), keys);
-        let values = store.keys();
-        assert!(values.len() > 3, "{values:?}");
+        state.append_run_items(&mut run, &keys[..10]).unwrap();
+        state.append_run_items(&mut run, &keys[10..]).unwrap();
+        assert!(run.progress.item_pages > 3, "{:?}", run.progress);
+        let mut read = Vec::new();
+        for n in 0..run.progress.item_pages {
+            read.extend(state.run_item_page(&run, n).unwrap());
+        }
+        assert_eq!(read, keys);
         assert!(
-            values
+            store
+                .keys()
                 .iter()
                 .all(|k| store.get(k).unwrap().unwrap().len() <= CHUNK_BYTES)
         );
-        state.put_run_items("c", "r", &keys[..10]).unwrap();
-        assert_eq!(state.run_items("c", "r").unwrap(), keys[..10]);
-        assert_eq!(store.keys().len(), 2, "one page and its count remain");
-        state.add_pending("c", &keys[..3]).unwrap();
-        state.add_pending("c", &keys[1..5]).unwrap();
-        assert_eq!(state.pending("c").unwrap(), keys[..5]);
-        state.remove_pending("c", &keys[..2]).unwrap();
-        assert_eq!(state.pending("c").unwrap(), keys[2..5]);
+        // Appending again from the committed count overwrites instead of adding.
+        let committed = run.clone();
+        let mut retried = committed.clone();
+        state.append_run_items(&mut retried, &keys[..5]).unwrap();
+        let mut again = committed.clone();
+        state.append_run_items(&mut again, &keys[..5]).unwrap();
+        assert_eq!(retried.progress, again.progress);
+        assert_eq!(
+            state
+                .run_item_page(&again, again.progress.item_pages - 1)
+                .unwrap(),
+            keys[..5]
+        );
+
+        state.append_pending("c", &keys[..3]).unwrap();
+        state.append_pending("c", &keys[1..5]).unwrap();
+        assert_eq!(state.pending_pages("c").unwrap(), 2);
+        assert_eq!(state.pending_page("c", 1).unwrap(), keys[1..5]);
+        state.clear_pending("c").unwrap();
+        assert_eq!(state.pending_pages("c").unwrap(), 0);
+        assert!(
+            !store
+                .keys()
+                .iter()
+                .any(|k| k.starts_with("connector/c/pending/"))
+        );
     }
 
     #[test]

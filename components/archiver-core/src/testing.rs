@@ -24,3 +24,22 @@ pub fn sms_record() -> Value {
 pub fn message(record: &Value) -> Message {
     parse_message(&record.to_string(), Region::US).expect("valid test record")
 }
+
+/// A queued manual run of connector `connector`.
+pub fn run(connector: &str, id: &str) -> crate::runs::Run {
+    use crate::runs::{Figures, Progress, Run, RunState, RunTrigger};
+    Run {
+        id: id.into(),
+        connector: connector.into(),
+        trigger: RunTrigger::Manual,
+        since: None,
+        until: None,
+        state: RunState::Queued,
+        requested_at: "2026-11-26T02:00:00Z".parse().unwrap(),
+        started_at: None,
+        finished_at: None,
+        figures: Figures::default(),
+        error: None,
+        progress: Progress::default(),
+    }
+}
