@@ -144,6 +144,8 @@ struct Shared {
     logs: Mutex<Vec<u8>>,
     /// Outbound URL prefix -> statuses to answer with instead of sending, one per request.
     outbound_faults: Mutex<Vec<(String, u16, usize)>>,
+    /// Outbound URL prefix -> rewrites of requests, each for as many requests as it applies to.
+    outbound_rewrites: Mutex<Vec<(String, usize, RewriteFn)>>,
 }
 
 /// A crash the test asked for: the invocation was stopped at a key-value write.
@@ -264,13 +266,65 @@ impl WasiHttpHooks for Outbound {
                 Ok((response, done))
             });
         }
+        let shared = self.shared.clone();
         Box::new(async move {
+            let url = request.uri().to_string();
+            let request = match shared.has_rewrite(&url) {
+                false => request,
+                true => {
+                    let (parts, body) = request.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map_err(|e| {
+                            wasmtime_wasi_http::Error::InternalError(Some(format!("{e:?}")))
+                        })?
+                        .to_bytes();
+                    let body = match shared.rewrite(&url, &body) {
+                        None => body,
+                        Some(Rewrite::Body(replaced)) => Bytes::from(replaced),
+                        Some(Rewrite::Answer(status, answer)) => {
+                            let response = http::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .body(full_body(answer))
+                                .map_err(|e| {
+                                    wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
+                                })?;
+                            let done: Box<
+                                dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send,
+                            > = Box::new(async { Ok(()) });
+                            return Ok((response, done));
+                        }
+                    };
+                    let mut parts = parts;
+                    parts.headers.remove(http::header::CONTENT_LENGTH);
+                    http::Request::from_parts(parts, full_body(body.to_vec()))
+                }
+            };
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             let io: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> = Box::new(io);
             Ok((response.map(BodyExt::boxed_unsync), io))
         })
     }
 }
+
+fn full_body(bytes: Vec<u8>) -> HyperOutgoingBody {
+    Full::new(Bytes::from(bytes))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// What a test's rewrite does to one outbound request (see [`App::rewrite_outbound`]).
+pub enum Rewrite {
+    /// Send this body instead of the guest's.
+    Body(Vec<u8>),
+    /// Answer with this status and JSON body without sending anything.
+    Answer(u16, Vec<u8>),
+}
+
+/// A test's rewrite: given a request body, what to do instead (`None`: leave it alone).
+pub type RewriteFn = Box<dyn Fn(&[u8]) -> Option<Rewrite> + Send + Sync>;
 
 impl key_value::Host for State {}
 
@@ -581,6 +635,28 @@ impl Shared {
         Some(fault.1)
     }
 
+    fn has_rewrite(&self, url: &str) -> bool {
+        self.outbound_rewrites.lock().is_ok_and(|rewrites| {
+            rewrites
+                .iter()
+                .any(|(prefix, left, _)| *left > 0 && url.starts_with(prefix.as_str()))
+        })
+    }
+
+    fn rewrite(&self, url: &str, body: &[u8]) -> Option<Rewrite> {
+        let mut rewrites = self.outbound_rewrites.lock().ok()?;
+        for (prefix, left, rewrite) in rewrites.iter_mut() {
+            if *left > 0
+                && url.starts_with(prefix.as_str())
+                && let Some(done) = rewrite(body)
+            {
+                *left -= 1;
+                return Some(done);
+            }
+        }
+        None
+    }
+
     fn before_write(&self) -> wasmtime::Result<()> {
         let left = self.writes_before_crash.load(Ordering::SeqCst);
         if left == 0 {
@@ -882,6 +958,7 @@ impl AppBuilder {
             writes_before_crash: AtomicI64::new(-1),
             logs: Mutex::new(Vec::new()),
             outbound_faults: Mutex::new(Vec::new()),
+            outbound_rewrites: Mutex::new(Vec::new()),
         });
         Ok(App {
             manifest,
@@ -1088,6 +1165,20 @@ impl App {
     pub fn fail_outbound(&self, url_prefix: &str, status: u16, times: usize) {
         if let Ok(mut faults) = self.shared.outbound_faults.lock() {
             faults.push((url_prefix.to_string(), status, times));
+        }
+    }
+
+    /// Passes the body of each outbound request whose URL starts with `url_prefix` to `rewrite`,
+    /// for the next `times` requests it rewrites: a fault inside an answer (one email of a
+    /// batch failing, a message refused) rather than of the whole server.
+    pub fn rewrite_outbound(
+        &self,
+        url_prefix: &str,
+        times: usize,
+        rewrite: impl Fn(&[u8]) -> Option<Rewrite> + Send + Sync + 'static,
+    ) {
+        if let Ok(mut rewrites) = self.shared.outbound_rewrites.lock() {
+            rewrites.push((url_prefix.to_string(), times, Box::new(rewrite)));
         }
     }
 

@@ -35,7 +35,10 @@ mod outbound;
 mod simulator;
 mod variables;
 
-pub use host::{App, AppBuilder, SimulatedCrash, TestResponse, is_interrupted, is_simulated_crash};
+pub use host::{
+    App, AppBuilder, Rewrite, RewriteFn, SimulatedCrash, TestResponse, is_interrupted,
+    is_simulated_crash,
+};
 pub use simulator::{Fault, SourceSimulator};
 
 use anyhow::Context;

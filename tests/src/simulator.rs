@@ -24,6 +24,8 @@ pub enum Fault {
     Status(u16),
     /// Answer 200 with a body cut in the middle of its JSON.
     Truncated,
+    /// Answer 200 with an HTML error page, as a misconfigured proxy in front of the API would.
+    NotJson,
 }
 
 #[derive(Default)]
@@ -225,6 +227,11 @@ fn respond(
                     200,
                     "application/json; charset=utf-8",
                     r#"{"messages": [{"id": "m-cut", "kind": "sms", "dir"#,
+                ),
+                Fault::NotJson => response(
+                    200,
+                    "text/html",
+                    "<html><body>Service temporarily unavailable</body></html>",
                 ),
                 Fault::Status(status) => {
                     let mut failed = json_response(status, &json!({ "error": "injected failure" }));

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use archiver_core::digest::sha256_hex;
 use archiver_core::email::message_id;
 use archiver_core::jmap::{Mailbox, find_folder};
-use archiver_tests::{App, Fault, SourceSimulator};
+use archiver_tests::{App, Fault, Rewrite, SourceSimulator};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -1110,4 +1110,166 @@ async fn the_timer_and_a_manual_run_at_once_deliver_each_text_once() {
         let delivered = folder_contents(&jmap, user).await;
         assert!(ids.iter().all(|id| delivered.contains_key(id)), "{user}");
     }
+}
+
+/// The JMAP API endpoint of the test mail server.
+const JMAP_API: &str = "http://127.0.0.1:18080/jmap/";
+
+/// The `Email/import` call of a request body, if it is one into an account of `user`.
+fn email_import_for(body: &[u8], user: &str) -> Option<Value> {
+    let request: Value = serde_json::from_slice(body).ok()?;
+    let call = request["methodCalls"].get(0)?;
+    let account = call[1]["accountId"].as_str()?;
+    (call[0] == "Email/import" && account.contains(user)).then(|| call.clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_email_failing_inside_a_batch_is_retried_and_the_others_land_once() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let ids = three_texts(&source, "p");
+    let app = archiver(&source);
+    create_connector(&app, &source, "att-partial").await;
+    // The mail server itself refuses one email of grace's batch: its blob is unknown to it.
+    app.rewrite_outbound(JMAP_API, 1, |body| {
+        let call = email_import_for(body, "grace")?;
+        let mut request: Value = serde_json::from_slice(body).ok()?;
+        let first = call[1]["emails"].as_object()?.keys().next()?.clone();
+        request["methodCalls"][0][1]["emails"][&first]["blobId"] = json!("Gnotablob");
+        Some(Rewrite::Body(request.to_string().into_bytes()))
+    });
+
+    let first = app.fire_cron("archive-fetch", TIMER).await.unwrap();
+    assert!(first.is_err(), "a copy failed: the run says so");
+    let status = status_of(&app, "att-partial").await;
+    let run = &status["runs"][0];
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not import an email"),
+        "{run}"
+    );
+    assert_eq!(run["figures"]["imported"], 5, "{run}");
+    assert_eq!(run["figures"]["failed"], 1, "{run}");
+    assert_eq!(run["invariant_holds"], true);
+    assert_eq!(
+        folder_contents(&jmap, "grace@acme.example")
+            .await
+            .keys()
+            .filter(|k| ids.contains(k))
+            .count(),
+        2
+    );
+
+    assert_eq!(
+        app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap(),
+        Ok(()),
+        "{}",
+        app.logs()
+    );
+    for user in ["grace@acme.example", "heidi@acme.example"] {
+        let delivered = folder_contents(&jmap, user).await;
+        assert!(ids.iter().all(|id| delivered.contains_key(id)), "{user}");
+    }
+    let status = status_of(&app, "att-partial").await;
+    let retry = &status["runs"][0];
+    assert_eq!(retry["state"], "succeeded", "{retry}");
+    assert_eq!(retry["figures"]["imported"], 1, "{retry}");
+    assert_eq!(
+        retry["figures"]["skipped_duplicate"], 1,
+        "heidi's copy of the kept item is not sent twice: {retry}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_the_mail_server_refuses_is_reported_with_its_reason_and_not_retried() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let ids = three_texts(&source, "r");
+    let app = archiver(&source);
+    create_connector(&app, &source, "att-refused").await;
+    // Grace's mailbox refuses every email as too large; nothing reaches it.
+    app.rewrite_outbound(JMAP_API, usize::MAX, |body| {
+        let call = email_import_for(body, "grace")?;
+        let refused: serde_json::Map<String, Value> = call[1]["emails"]
+            .as_object()?
+            .keys()
+            .map(|key| {
+                (
+                    key.clone(),
+                    json!({ "type": "tooLarge", "description": "over this mailbox's limit" }),
+                )
+            })
+            .collect();
+        let answer = json!({ "methodResponses": [["Email/import", {
+            "accountId": call[1]["accountId"], "created": null, "notCreated": refused
+        }, call[2]]] });
+        Some(Rewrite::Answer(200, answer.to_string().into_bytes()))
+    });
+
+    assert_eq!(
+        app.fire_cron("archive-fetch", TIMER).await.unwrap(),
+        Ok(()),
+        "a refusal is an outcome, not a failure of the run"
+    );
+    let status = status_of(&app, "att-refused").await;
+    let run = &status["runs"][0];
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["figures"]["imported"], 3, "{run}");
+    assert_eq!(run["figures"]["failed"], 3, "{run}");
+    assert_eq!(run["invariant_holds"], true);
+    let refusals: Vec<&Value> = status["not_imported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["reason"] == "destination_refused")
+        .collect();
+    assert_eq!(refusals.len(), 3, "{status}");
+    for refusal in refusals {
+        assert_eq!(refusal["target_user"], "grace@acme.example");
+        assert!(
+            refusal["detail"].as_str().unwrap().contains("tooLarge"),
+            "{refusal}"
+        );
+    }
+    let grace = folder_contents(&jmap, "grace@acme.example").await;
+    assert!(ids.iter().all(|id| !grace.contains_key(id)));
+
+    // The next run does not try again: the items are settled, and staging is purged.
+    assert_eq!(
+        app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap(),
+        Ok(())
+    );
+    let again = &status_of(&app, "att-refused").await["runs"][0];
+    assert_eq!(again["figures"]["available_for_import"], 0, "{again}");
+    assert!(
+        app.kv_keys("default")
+            .unwrap()
+            .iter()
+            .all(|k| !k.starts_with("stage/")),
+        "staging is purged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archive_page_that_is_not_json_is_asked_for_again() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let ids = three_texts(&source, "j");
+    let app = archiver(&source);
+    create_connector(&app, &source, "att-html").await;
+    source.inject("/v1/messages", Fault::NotJson, 2);
+
+    assert_eq!(
+        app.fire_cron("archive-fetch", TIMER).await.unwrap(),
+        Ok(()),
+        "{}",
+        app.logs()
+    );
+    let run = &status_of(&app, "att-html").await["runs"][0];
+    assert_eq!(run["figures"]["fetched"], 3, "{run}");
+    assert_eq!(run["figures"]["invalid"], 0, "{run}");
+    let delivered = folder_contents(&jmap, "grace@acme.example").await;
+    assert!(ids.iter().all(|id| delivered.contains_key(id)));
 }

@@ -204,6 +204,9 @@ impl Importer<'_, '_> {
                             NotImportedReason::DestinationRefused,
                             reason.clone(),
                         ),
+                        Some(ImportOutcome::Failed(reason)) => CopyOutcome::Transient(format!(
+                            "the mail server did not import an email: {reason}"
+                        )),
                         None => CopyOutcome::Transient(
                             "the mail server did not answer for an email".into(),
                         ),

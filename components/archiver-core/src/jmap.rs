@@ -292,8 +292,16 @@ pub enum ImportOutcome {
     Created(String),
     /// The server already holds these bytes: success, nothing added.
     AlreadyExists(String),
+    /// The server will never take this email (too large, not a valid message, forbidden).
     Refused(String),
+    /// The server could not take it now (server failure, rate limit, quota, a lost upload):
+    /// another attempt may succeed.
+    Failed(String),
 }
+
+/// `notCreated` types that say the email itself is unacceptable; any other type (including one
+/// this code does not know) is worth another attempt, so nothing is given up on a guess.
+const REFUSALS: [&str; 4] = ["tooLarge", "invalidEmail", "invalidProperties", "forbidden"];
 
 pub fn parse_import(body: &[u8]) -> Result<BTreeMap<String, ImportOutcome>, JmapError> {
     let (_, result) = responses(body)?
@@ -310,16 +318,33 @@ pub fn parse_import(body: &[u8]) -> Result<BTreeMap<String, ImportOutcome>, Jmap
     if let Some(refused) = result["notCreated"].as_object() {
         for (key, error) in refused {
             let kind = error["type"].as_str().unwrap_or_default();
+            let detail = format!(
+                "{kind} {}",
+                error["description"].as_str().unwrap_or_default()
+            )
+            .trim()
+            .to_string();
+            // Cyrus names an unknown (expired) upload or a vanished folder as an invalid
+            // property: a new upload or folder lookup on the next attempt fixes either.
+            let properties: Vec<&str> = error["properties"]
+                .as_array()
+                .map(|p| p.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let stale_reference = kind == "invalidProperties"
+                && !properties.is_empty()
+                && properties
+                    .iter()
+                    .all(|p| *p == "blobId" || *p == "mailboxIds");
+            let detail = if properties.is_empty() {
+                detail
+            } else {
+                format!("{detail} ({})", properties.join(", "))
+            };
             let outcome = match (kind, error["existingId"].as_str()) {
                 ("alreadyExists", Some(id)) => ImportOutcome::AlreadyExists(id.to_string()),
-                _ => ImportOutcome::Refused(
-                    format!(
-                        "{kind} {}",
-                        error["description"].as_str().unwrap_or_default()
-                    )
-                    .trim()
-                    .to_string(),
-                ),
+                _ if stale_reference => ImportOutcome::Failed(detail),
+                _ if REFUSALS.contains(&kind) => ImportOutcome::Refused(detail),
+                _ => ImportOutcome::Failed(detail),
             };
             outcomes.insert(key.clone(), outcome);
         }
@@ -434,13 +459,27 @@ mod tests {
         assert_eq!(email["mailboxIds"]["m"], true);
         let answer = br#"{"methodResponses":[["Email/import",{"created":{"k1":{"id":"E1"}},
             "notCreated":{"k2":{"type":"alreadyExists","existingId":"E0"},
-                          "k3":{"type":"invalidEmail","description":"bare LF"}}},"i"]]}"#;
+                          "k3":{"type":"invalidEmail","description":"bare LF"},
+                          "k4":{"type":"blobNotFound"},
+                          "k5":{"type":"somethingNew"},
+                          "k6":{"type":"invalidProperties","properties":["blobId"]},
+                          "k7":{"type":"invalidProperties","properties":["receivedAt"]}}},"i"]]}"#;
         let outcomes = parse_import(answer).unwrap();
         assert_eq!(outcomes["k1"], ImportOutcome::Created("E1".into()));
         assert_eq!(outcomes["k2"], ImportOutcome::AlreadyExists("E0".into()));
         assert_eq!(
             outcomes["k3"],
             ImportOutcome::Refused("invalidEmail bare LF".into())
+        );
+        assert_eq!(outcomes["k4"], ImportOutcome::Failed("blobNotFound".into()));
+        assert_eq!(outcomes["k5"], ImportOutcome::Failed("somethingNew".into()));
+        assert_eq!(
+            outcomes["k6"],
+            ImportOutcome::Failed("invalidProperties (blobId)".into())
+        );
+        assert_eq!(
+            outcomes["k7"],
+            ImportOutcome::Refused("invalidProperties (receivedAt)".into())
         );
         let error = br#"{"methodResponses":[["error",{"type":"accountNotFound"},"i"]]}"#;
         assert!(matches!(
