@@ -45,6 +45,10 @@ struct Inner {
     page_cap: usize,
     /// How long every answer takes, as a slow archive's would.
     delay: std::time::Duration,
+    /// Path prefix -> (answers left, how long each hangs before it is sent).
+    stalls: Vec<(String, usize, std::time::Duration)>,
+    /// Requests that were made to hang.
+    stalled: usize,
 }
 
 /// A running simulator; it stops when the test's runtime ends.
@@ -81,7 +85,11 @@ impl SourceSimulator {
                         move |request: hyper::Request<hyper::body::Incoming>| {
                             let inner = inner.clone();
                             async move {
-                                let delay = inner.lock().map(|i| i.delay).unwrap_or_default();
+                                let path = request.uri().path().to_string();
+                                let delay = inner
+                                    .lock()
+                                    .map(|mut i| i.delay + i.stall(&path))
+                                    .unwrap_or_default();
                                 tokio::time::sleep(delay).await;
                                 let (parts, body) = request.into_parts();
                                 let body = body
@@ -120,6 +128,21 @@ impl SourceSimulator {
     /// Caps pages at `items`, so a small day still spans several pages.
     pub fn set_page_cap(&self, items: usize) {
         self.with(|i| i.page_cap = items.max(1));
+    }
+
+    /// Makes the next `times` answers to paths starting with `path_prefix` hang for `duration`
+    /// before they are sent, as an archive that accepted the request and stalled.
+    pub fn stall(&self, path_prefix: &str, duration: std::time::Duration, times: usize) {
+        self.inner.lock().expect("simulator lock").stalls.push((
+            format!("/api{path_prefix}"),
+            times,
+            duration,
+        ));
+    }
+
+    /// How many requests were made to hang so far.
+    pub fn stalled(&self) -> usize {
+        self.inner.lock().expect("simulator lock").stalled
     }
 
     /// Makes every answer take `delay`.
@@ -165,6 +188,20 @@ impl SourceSimulator {
     /// The requests seen so far: method, path with query, and whether they were authenticated.
     pub fn requests(&self) -> Vec<(String, String, bool)> {
         self.with(|i| i.requests.clone())
+    }
+}
+
+impl Inner {
+    /// The stall to apply to a request for `path`, counting it.
+    fn stall(&mut self, path: &str) -> std::time::Duration {
+        for (prefix, left, duration) in self.stalls.iter_mut() {
+            if *left > 0 && path.starts_with(prefix.as_str()) {
+                *left -= 1;
+                self.stalled += 1;
+                return *duration;
+            }
+        }
+        std::time::Duration::ZERO
     }
 }
 

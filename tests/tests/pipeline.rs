@@ -549,8 +549,15 @@ fn archiver(source: &SourceSimulator) -> App {
 
 /// The archiver with runs cut into steps of at most `items` messages each.
 fn archiver_in_steps(source: &SourceSimulator, items: usize) -> App {
+    archiver_with(source, &[("step_max_items", &items.to_string())])
+}
+
+/// The archiver with some variables set.
+fn archiver_with(source: &SourceSimulator, variables: &[(&str, &str)]) -> App {
     let mut builder = builder(source, "http://127.0.0.1:18080", JMAP_SESSION_URL);
-    builder = builder.variable("step_max_items", items.to_string());
+    for (name, value) in variables {
+        builder = builder.variable(name, *value);
+    }
     builder.build().unwrap()
 }
 
@@ -807,6 +814,13 @@ async fn an_attachment_with_wrong_bytes_is_reported_and_retried_never_archived_w
             .unwrap()
             .is_none(),
         "the window stays open for a retry"
+    );
+    assert!(
+        app.kv_keys("default")
+            .unwrap()
+            .iter()
+            .all(|k| !k.starts_with("stage/")),
+        "the wrong bytes are not kept"
     );
 
     // The archive serves the right bytes now: the next run takes the same window again.
@@ -1272,4 +1286,109 @@ async fn an_archive_page_that_is_not_json_is_asked_for_again() {
     assert_eq!(run["figures"]["invalid"], 0, "{run}");
     let delivered = folder_contents(&jmap, "grace@acme.example").await;
     assert!(ids.iter().all(|id| delivered.contains_key(id)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archive_that_stalls_is_given_up_on_after_the_timeout_and_asked_again() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let ids = three_texts(&source, "t");
+    let app = archiver_with(&source, &[("request_timeout_seconds", "1")]);
+    create_connector(&app, &source, "att-stall").await;
+    // The first page hangs far longer than the timeout; the second attempt is answered.
+    source.stall("/v1/messages", std::time::Duration::from_secs(30), 1);
+
+    let started = std::time::Instant::now();
+    assert_eq!(
+        app.fire_cron("archive-fetch", TIMER).await.unwrap(),
+        Ok(()),
+        "{}",
+        app.logs()
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "the run did not wait for the stalled answer"
+    );
+    let pages = source
+        .requests()
+        .iter()
+        .filter(|r| r.1.starts_with("/v1/messages"))
+        .count();
+    assert_eq!(source.stalled(), 1, "the first ask hung");
+    assert_eq!(
+        pages, 1,
+        "and the second was answered (the hung one never was)"
+    );
+    let delivered = folder_contents(&jmap, "grace@acme.example").await;
+    assert!(ids.iter().all(|id| delivered.contains_key(id)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_item_undelivered_past_the_retention_is_purged_and_reported() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let ids = three_texts(&source, "e");
+    let app = archiver(&source);
+    create_connector(&app, &source, "att-expiry").await;
+    // Grace's mailbox fails the whole first run: her copies stay staged.
+    app.fail_outbound("http://127.0.0.1:18080/jmap/upload/grace", 503, 3);
+    assert!(
+        app.fire_cron("archive-fetch", TIMER)
+            .await
+            .unwrap()
+            .is_err()
+    );
+    assert!(
+        app.kv_keys("default")
+            .unwrap()
+            .iter()
+            .any(|k| k.starts_with("stage/att-expiry/")),
+        "grace's copies are kept staged"
+    );
+
+    // Later, with a retention the staged items have outlived, the next run purges them.
+    let later = builder(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL)
+        .kv_file(app.kv_path())
+        .variable("staging_retention_days", "0")
+        .build()
+        .unwrap();
+    assert_eq!(
+        later
+            .fire_cron("archive-fetch", TIMER + 3600)
+            .await
+            .unwrap(),
+        Ok(()),
+        "{}",
+        later.logs()
+    );
+    let status = status_of(&later, "att-expiry").await;
+    let run = &status["runs"][0];
+    assert_eq!(run["figures"]["failed"], 3, "{run}");
+    assert_eq!(
+        run["figures"]["skipped_duplicate"], 3,
+        "heidi's copies: {run}"
+    );
+    assert_eq!(run["invariant_holds"], true);
+    let expired: Vec<&Value> = status["not_imported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["reason"] == "staging_expired")
+        .collect();
+    assert_eq!(expired.len(), 3, "{status}");
+    assert!(
+        expired
+            .iter()
+            .all(|n| n["target_user"] == "grace@acme.example")
+    );
+    assert!(
+        later
+            .kv_keys("default")
+            .unwrap()
+            .iter()
+            .all(|k| !k.starts_with("stage/att-expiry/")),
+        "nothing lingers in staging"
+    );
+    let grace = folder_contents(&jmap, "grace@acme.example").await;
+    assert!(ids.iter().all(|id| !grace.contains_key(id)));
 }

@@ -1,7 +1,7 @@
 //! One run's fetch stage: I/O around the core's decisions.
 
 use anyhow::{Context, bail};
-use archive_host::{Answer, SpinStore, send};
+use archive_host::{Answer, SpinStore, send, send_within};
 use archiver_core::connector::Connector;
 use archiver_core::digest::{StreamingSha256, sha256_hex};
 use archiver_core::lease;
@@ -32,6 +32,7 @@ struct Config {
     staging_key: SecretKey,
     region: Region,
     limits: StepLimits,
+    timeout: std::time::Duration,
 }
 
 impl Config {
@@ -40,6 +41,7 @@ impl Config {
             staging_key: archive_host::staging_key().map_err(anyhow::Error::msg)?,
             region: archive_host::default_region().map_err(anyhow::Error::msg)?,
             limits: archive_host::step_limits().map_err(anyhow::Error::msg)?,
+            timeout: archive_host::request_timeout().map_err(anyhow::Error::msg)?,
         })
     }
 }
@@ -337,11 +339,10 @@ async fn stage_step(
     )
     .map_err(|e| StepError::Store(format!("stored password: {e}")))?;
     let password = String::from_utf8_lossy(&password).into_owned();
-    let login = send_with_retry(&account_request(
-        &connector.source_url,
-        &connector.username,
-        &password,
-    ))
+    let login = send_with_retry(
+        &account_request(&connector.source_url, &connector.username, &password),
+        config.timeout,
+    )
     .await?;
     read_account_response(login.status, &login.body)?;
     let authorization = basic_auth(&connector.username, &password);
@@ -368,7 +369,7 @@ async fn stage_step(
             until,
             run.progress.cursor.as_deref(),
         );
-        let page = fetch_page(&request, config.region).await?;
+        let page = fetch_page(&request, config).await?;
         let mut keys = Vec::new();
         let mut not_imported = Vec::new();
         if run.progress.position == 0 {
@@ -405,8 +406,16 @@ async fn stage_step(
                 continue;
             }
             if !state.is_staged(&connector.id, &key)? {
-                match stage_attachments(state, connector, &authorization, &key, &message, &sealing)
-                    .await?
+                match stage_attachments(
+                    state,
+                    config,
+                    connector,
+                    &authorization,
+                    &key,
+                    &message,
+                    &sealing,
+                )
+                .await?
                 {
                     Ok(attachment_chunks) => {
                         let item = StagedItem {
@@ -415,6 +424,7 @@ async fn stage_step(
                             attachment_chunks,
                             message,
                             delivered_to: Vec::new(),
+                            staged_at: Some(Utc::now()),
                         };
                         state.update_staged(&connector.id, &item, &sealing)?;
                     }
@@ -507,11 +517,15 @@ fn renew_lease(connector: &str, run: &str) -> Result<(), StepError> {
     }
 }
 
-/// Sends a request to the archive, retrying transient failures with back-off.
-async fn send_with_retry(request: &SourceRequest) -> Result<Answer, SourceError> {
+/// Sends a request to the archive, retrying transient failures (a timeout among them) with
+/// back-off.
+async fn send_with_retry(
+    request: &SourceRequest,
+    timeout: std::time::Duration,
+) -> Result<Answer, SourceError> {
     let mut attempt = 0;
     loop {
-        let (error, retry_after) = match send(request, None).await {
+        let (error, retry_after) = match send_within(request, None, timeout).await {
             Ok(answer) if answer.status < 300 => return Ok(answer),
             Ok(answer) => (status_error(answer.status), answer.retry_after),
             Err(e) => (SourceError::Unreachable(e), None),
@@ -526,11 +540,11 @@ async fn send_with_retry(request: &SourceRequest) -> Result<Answer, SourceError>
 
 /// One page of messages; a page that cannot be read (cut short, not JSON) is asked for again,
 /// with the same back-off as a transient HTTP failure.
-async fn fetch_page(request: &SourceRequest, region: Region) -> Result<MessagePage, SourceError> {
+async fn fetch_page(request: &SourceRequest, config: &Config) -> Result<MessagePage, SourceError> {
     let mut attempt = 0;
     loop {
-        let answer = send_with_retry(request).await?;
-        match read_messages_response(answer.status, &answer.body, region) {
+        let answer = send_with_retry(request, config.timeout).await?;
+        match read_messages_response(answer.status, &answer.body, config.region) {
             Ok(page) => return Ok(page),
             Err(error) => match retry_wait(&error, None, attempt) {
                 Some(wait) => std::thread::sleep(wait),
@@ -547,16 +561,19 @@ async fn fetch_page(request: &SourceRequest, region: Region) -> Result<MessagePa
 /// announced: the item is then reported and never staged as if it were right.
 async fn stage_attachments(
     state: &State<'_, SpinStore>,
+    config: &Config,
     connector: &Connector,
     authorization: &str,
     key: &str,
     message: &archiver_core::source::Message,
     sealing: &Sealing<'_>,
 ) -> Result<Result<Vec<usize>, String>, StepError> {
-    let mut counts = Vec::with_capacity(message.attachments.len());
+    // Chunks staged so far, per attachment: thrown away if the bytes turn out wrong.
+    let mut counts: Vec<usize> = Vec::with_capacity(message.attachments.len());
     for (index, meta) in message.attachments.iter().enumerate() {
         let mut digest = StreamingSha256::default();
         let mut received: u64 = 0;
+        counts.push(0);
         let pieces = ranges(meta.size, STAGED_CHUNK_BYTES as u64);
         for (n, (start, end)) in pieces.iter().enumerate() {
             let request = attachment_range_request(
@@ -566,7 +583,7 @@ async fn stage_attachments(
                 *start,
                 *end,
             );
-            let answer = send_with_retry(&request).await?;
+            let answer = send_with_retry(&request, config.timeout).await?;
             // A server that ignores Range answers 200 with everything: only the asked part counts.
             let piece = match answer.status {
                 206 => answer.body,
@@ -577,6 +594,7 @@ async fn stage_attachments(
                     .unwrap_or_default(),
             };
             if piece.len() as u64 != end - start + 1 {
+                state.discard_chunks(&connector.id, key, &counts)?;
                 return Ok(Err(format!(
                     "attachment {} is shorter than announced",
                     meta.id
@@ -585,14 +603,15 @@ async fn stage_attachments(
             digest.update(&piece);
             received += piece.len() as u64;
             state.stage_chunk(&connector.id, key, index, n, &piece, sealing)?;
+            counts[index] = n + 1;
         }
         if received != meta.size || digest.finish_hex() != meta.sha256 {
+            state.discard_chunks(&connector.id, key, &counts)?;
             return Ok(Err(format!(
                 "attachment {} does not match the size and SHA-256 the archive announced",
                 meta.id
             )));
         }
-        counts.push(pieces.len());
     }
     Ok(Ok(counts))
 }

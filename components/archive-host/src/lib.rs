@@ -72,6 +72,79 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
+/// Sends `request` like [`send`], giving up after `timeout` (the request is then dropped, which
+/// cancels it): a server that accepts a connection and never answers costs one timeout, not a
+/// run stuck for ever.
+pub async fn send_within(
+    request: &SourceRequest,
+    body: Option<(&str, Vec<u8>)>,
+    timeout: std::time::Duration,
+) -> Result<Answer, String> {
+    let sending = std::pin::pin!(send(request, body));
+    let waiting = std::pin::pin!(sleep(timeout));
+    match first_of(sending, waiting).await {
+        Either::Left(answer) => answer,
+        Either::Right(()) => Err(format!(
+            "{} {}: no answer within {} s",
+            request.method,
+            request.url,
+            timeout.as_secs()
+        )),
+    }
+}
+
+/// The `request_timeout_seconds` variable: how long an archive or mail server request may take.
+pub fn request_timeout() -> Result<std::time::Duration, String> {
+    let value = variable("request_timeout_seconds")?;
+    match value.trim().parse::<u64>() {
+        Ok(seconds) if seconds > 0 => Ok(std::time::Duration::from_secs(seconds)),
+        _ => Err(format!(
+            "variable request_timeout_seconds: a whole number above 0, not {value:?}"
+        )),
+    }
+}
+
+enum Either<L, R> {
+    Left(L),
+    Right(R),
+}
+
+/// Whichever of two futures finishes first.
+async fn first_of<L: std::future::Future, R: std::future::Future>(
+    mut left: std::pin::Pin<&mut L>,
+    mut right: std::pin::Pin<&mut R>,
+) -> Either<L::Output, R::Output> {
+    std::future::poll_fn(|context| {
+        if let std::task::Poll::Ready(value) = left.as_mut().poll(context) {
+            return std::task::Poll::Ready(Either::Left(value));
+        }
+        if let std::task::Poll::Ready(value) = right.as_mut().poll(context) {
+            return std::task::Poll::Ready(Either::Right(value));
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Waits `duration` on the host's monotonic clock, yielding to the executor meanwhile.
+async fn sleep(duration: std::time::Duration) {
+    use wasi::clocks::monotonic_clock;
+    let deadline = monotonic_clock::now().saturating_add(duration.as_nanos() as u64);
+    let mut token = None;
+    std::future::poll_fn(|context| {
+        if monotonic_clock::now() >= deadline {
+            drop(token.take());
+            return std::task::Poll::Ready(());
+        }
+        let pollable = monotonic_clock::subscribe_instant(deadline);
+        token = Some(spin_executor::CancelOnDropToken::from(
+            spin_executor::push_waker_and_get_token(pollable, context.waker().clone()),
+        ));
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 /// Sends `request` with an optional body. A failure to connect is `Err` with a description that
 /// holds no header (headers carry credentials).
 pub async fn send(

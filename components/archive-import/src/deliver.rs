@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use archive_host::{SpinStore, send};
+use archive_host::{SpinStore, send_within};
 use archiver_core::email::{EmailOptions, build_email, message_id};
 use archiver_core::jmap::{
     self, ImportItem, ImportOutcome, Mailbox, Session, create_folder_request, find_folder,
@@ -26,6 +26,8 @@ struct Config {
     session_url: String,
     authorization: String,
     limits: StepLimits,
+    timeout: std::time::Duration,
+    retention: chrono::Duration,
 }
 
 impl Config {
@@ -38,7 +40,17 @@ impl Config {
             session_url: get("jmap_session_url")?,
             authorization: basic_auth(&get("jmap_username")?, &get("jmap_password")?),
             limits: archive_host::step_limits().map_err(anyhow::Error::msg)?,
+            timeout: archive_host::request_timeout().map_err(anyhow::Error::msg)?,
+            retention: retention(&get("staging_retention_days")?)?,
         })
+    }
+}
+
+/// The `staging_retention_days` setting: how long an undelivered item may stay staged.
+fn retention(days: &str) -> anyhow::Result<chrono::Duration> {
+    match days.trim().parse::<u32>() {
+        Ok(days) => Ok(chrono::Duration::days(days.into())),
+        Err(_) => bail!("variable staging_retention_days: a whole number of days, not {days:?}"),
     }
 }
 
@@ -64,7 +76,7 @@ impl Destination<'_> {
             url: url.to_string(),
             headers: vec![("authorization", self.config.authorization.clone())],
         };
-        let answer = send(&request, Some((content_type, body)))
+        let answer = send_within(&request, Some((content_type, body)), self.config.timeout)
             .await
             .map_err(Transient)?;
         if answer.status >= 300 {
@@ -255,7 +267,7 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
         url: config.session_url.clone(),
         headers: vec![("authorization", config.authorization.clone())],
     };
-    let session_answer = match send(&session_request, None).await {
+    let session_answer = match send_within(&session_request, None, config.timeout).await {
         Ok(answer) if answer.status == 200 => answer,
         Ok(answer) => {
             let error = format!("the mail server's JMAP session answered {}", answer.status);
@@ -327,29 +339,42 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
             importer.ledger.unmapped(&id, &delivery);
             continue;
         }
+        let now = Utc::now();
         let email = {
             let item = &importer.items[index];
-            let attachments = state.staged_attachments(connector_id, item, &sealing)?;
-            let slices: Vec<&[u8]> = attachments.iter().map(Vec::as_slice).collect();
-            build_email(&item.message, &rules, &slices, &options)
+            if item.expired(now, config.retention) {
+                Ok(Vec::new())
+            } else {
+                let attachments = state.staged_attachments(connector_id, item, &sealing)?;
+                let slices: Vec<&[u8]> = attachments.iter().map(Vec::as_slice).collect();
+                build_email(&item.message, &rules, &slices, &options)
+            }
         };
         for recipient in &delivery.recipients {
             importer.ledger.expect_copy();
             let participant = recipient.as_participants.first().cloned();
             let item = &importer.items[index];
             let prepared = match &email {
+                _ if item
+                    .delivered_to
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(&recipient.email)) =>
+                {
+                    Err(CopyOutcome::Duplicate)
+                }
+                _ if item.expired(now, config.retention) => Err(CopyOutcome::Refused(
+                    NotImportedReason::StagingExpired,
+                    format!(
+                        "staged since {} and undelivered for longer than the {}-day retention; \
+                         purged",
+                        item.staged_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                        config.retention.num_days()
+                    ),
+                )),
                 Err(e) => Err(CopyOutcome::Refused(
                     NotImportedReason::AttachmentMismatch,
                     e.to_string(),
                 )),
-                Ok(_)
-                    if item
-                        .delivered_to
-                        .iter()
-                        .any(|d| d.eq_ignore_ascii_case(&recipient.email)) =>
-                {
-                    Err(CopyOutcome::Duplicate)
-                }
                 Ok(bytes) => prepare_copy(
                     &mut importer.destination,
                     &connector.folder,

@@ -153,9 +153,11 @@ async fn check_account(
     username: &str,
     password: &str,
 ) -> Result<archiver_core::source::Account, ApiError> {
-    let answer = archive_host::send(&account_request(base, username, password), None)
-        .await
-        .map_err(|e| ApiError::Source(SourceError::Unreachable(e)))?;
+    let timeout = archive_host::request_timeout().map_err(ApiError::Config)?;
+    let answer =
+        archive_host::send_within(&account_request(base, username, password), None, timeout)
+            .await
+            .map_err(|e| ApiError::Source(SourceError::Unreachable(e)))?;
     read_account_response(answer.status, &answer.body).map_err(ApiError::Source)
 }
 

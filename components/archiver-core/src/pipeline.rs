@@ -233,6 +233,16 @@ pub struct StagedItem {
     pub attachment_chunks: Vec<usize>,
     /// Users whose copy the destination has accepted.
     pub delivered_to: Vec<String>,
+    /// When it was staged; an item still undelivered past the retention is purged, reported.
+    #[serde(default)]
+    pub staged_at: Option<DateTime<Utc>>,
+}
+
+impl StagedItem {
+    /// Whether the item has stayed in staging longer than `retention`.
+    pub fn expired(&self, now: DateTime<Utc>, retention: Duration) -> bool {
+        self.staged_at.is_some_and(|at| now - at > retention)
+    }
 }
 
 /// What is remembered of an archived item, so a later window does not stage it again.
@@ -361,5 +371,23 @@ mod tests {
                 .unwrap_err()
                 .contains("step_max_bytes")
         );
+    }
+
+    #[test]
+    fn an_item_expires_only_past_the_retention() {
+        let mut item = StagedItem {
+            key: "k".into(),
+            run: "r".into(),
+            message: crate::testing::message(&crate::testing::sms_record()),
+            attachment_chunks: vec![],
+            delivered_to: vec![],
+            staged_at: None,
+        };
+        let now: DateTime<Utc> = "2026-11-26T02:00:00Z".parse().unwrap();
+        assert!(!item.expired(now, Duration::days(30)), "unknown age");
+        item.staged_at = Some(now - Duration::days(30));
+        assert!(!item.expired(now, Duration::days(30)));
+        item.staged_at = Some(now - Duration::days(30) - Duration::seconds(1));
+        assert!(item.expired(now, Duration::days(30)));
     }
 }

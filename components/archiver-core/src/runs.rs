@@ -149,6 +149,8 @@ pub enum NotImportedReason {
     NoSuchMailbox,
     DestinationRefused,
     AttachmentMismatch,
+    /// Staged longer than the retention without being delivered: purged, never imported.
+    StagingExpired,
 }
 
 /// The body of `POST /api/connectors/{id}/runs`.

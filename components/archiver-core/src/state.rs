@@ -562,6 +562,17 @@ impl<K: KeyValue> State<'_, K> {
         Ok(all)
     }
 
+    /// Deletes attachment chunks of an item that will not be staged (its bytes were wrong):
+    /// `chunks[n]` chunks of attachment `n`.
+    pub fn discard_chunks(&self, id: &str, item: &str, chunks: &[usize]) -> Result<(), StoreError> {
+        for (index, count) in chunks.iter().enumerate() {
+            for n in 0..*count {
+                self.kv.delete(&attachment_chunk_key(id, item, index, n))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Marks an item archived, then purges its staging (record last, so a crash in between
     /// leaves it archived and at worst some unreferenced chunks).
     pub fn archive(
@@ -738,6 +749,7 @@ mod tests {
         };
         let attachment = b"SECRET-PHOTO-BYTES".repeat(20_000);
         let item = StagedItem {
+            staged_at: None,
             key: "k1".into(),
             run: "r1".into(),
             message: message(&sms_record()),
