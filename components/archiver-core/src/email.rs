@@ -21,7 +21,7 @@ use mail_builder::headers::text::Text;
 use mail_builder::mime::{BodyPart, MimePart};
 
 use crate::conversation::ConversationKey;
-use crate::digest::{fields_sha256_hex, sha256_hex};
+use crate::digest::{StreamingSha256, fields_sha256_hex, sha256_hex};
 use crate::phone::PhoneAddress;
 use crate::resolve::MappingRules;
 use crate::source::{Message, Participant};
@@ -54,6 +54,8 @@ pub enum ConversionError {
     },
     #[error("attachment {id} does not match its SHA-256 {expected}")]
     AttachmentDigest { id: String, expected: String },
+    #[error("{0}")]
+    Stream(String),
 }
 
 /// The deterministic `Message-ID` (without angle brackets) of a source message.
@@ -80,7 +82,51 @@ pub fn build_email(
     options: &EmailOptions<'_>,
 ) -> Result<Vec<u8>, ConversionError> {
     verify_attachments(message, attachments)?;
+    let layout = email_layout(message, rules, options);
+    let mut email = Vec::with_capacity(layout.len() as usize);
+    let stream = EmailStream::new(&layout, |attachment, _chunk| {
+        Ok(attachments[attachment].to_vec())
+    });
+    for piece in stream {
+        email.extend_from_slice(&piece.map_err(|e| ConversionError::Stream(e.to_string()))?);
+    }
+    Ok(email)
+}
 
+/// An email with its attachments' bodies left out: what goes around them, and what they are.
+/// Writing it never needs an attachment whole in memory (see [`EmailStream`]).
+#[derive(Debug, Clone)]
+pub struct EmailLayout {
+    /// The bytes before the first attachment's body, between consecutive ones, and after the
+    /// last: one more than there are attachments.
+    pieces: Vec<Vec<u8>>,
+    /// Each attachment's announced size and SHA-256.
+    attachments: Vec<(String, u64, String)>,
+}
+
+impl EmailLayout {
+    /// The length of the whole email.
+    pub fn len(&self) -> u64 {
+        let pieces: u64 = self.pieces.iter().map(|p| p.len() as u64).sum();
+        let bodies: u64 = self
+            .attachments
+            .iter()
+            .map(|(_, size, _)| base64_lines_len(*size))
+            .sum();
+        pieces + bodies
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The email of `message` as an [`EmailLayout`].
+pub fn email_layout(
+    message: &Message,
+    rules: &MappingRules<'_>,
+    options: &EmailOptions<'_>,
+) -> EmailLayout {
     let key = ConversationKey::of(message);
     let thread_id = conversation_id(&key, options.connector_id, options.address_domain);
     let address_of = |p: &Participant| mail_address(p, rules, message, options);
@@ -102,37 +148,238 @@ pub fn build_email(
         builder = builder.header(name, Text::new(value));
     }
 
+    // Each attachment's body is a placeholder no message can contain (it holds the digest of
+    // the record itself), in a part marked base64 so it is written as is; the placeholders are
+    // then cut out, and the base64 lines of the bytes go in their place.
+    let digest = &message.record_sha256[..ID_HEX_DIGITS];
+    let placeholder = |n: usize| format!("=_archive_attachment_{n}_{digest}");
     let text = text_part(normalize_line_breaks(&message.body));
     let body = if message.attachments.is_empty() {
         text
     } else {
         let mut parts = Vec::with_capacity(message.attachments.len() + 1);
         parts.push(text);
-        for (meta, bytes) in message.attachments.iter().zip(attachments) {
+        for (n, meta) in message.attachments.iter().enumerate() {
             let filename = match clean_header_text(&meta.filename) {
                 name if name.is_empty() => format!("attachment-{}", clean_header_text(&meta.id)),
                 name => name,
             };
             parts.push(
-                MimePart::new(content_type(&meta.content_type), *bytes)
-                    .attachment(filename)
-                    .header(
-                        "X-Archive-Attachment-Id",
-                        Text::new(clean_header_text(&meta.id)),
-                    )
-                    .header(
-                        "X-Archive-Attachment-SHA256",
-                        Text::new(meta.sha256.clone()),
-                    ),
+                MimePart::new(
+                    content_type(&meta.content_type),
+                    placeholder(n).into_bytes(),
+                )
+                .attachment(filename)
+                .header(
+                    "X-Archive-Attachment-Id",
+                    Text::new(clean_header_text(&meta.id)),
+                )
+                .header(
+                    "X-Archive-Attachment-SHA256",
+                    Text::new(meta.sha256.clone()),
+                )
+                .transfer_encoding("base64"),
             );
         }
-        let boundary = format!("=_archive_{}", &message.record_sha256[..ID_HEX_DIGITS]);
+        let boundary = format!("=_archive_{digest}");
         MimePart::new(
             ContentType::new("multipart/mixed").attribute("boundary", boundary),
             parts,
         )
     };
-    Ok(builder.body(body).write_to_vec().unwrap_or_default())
+    let mut rest = builder.body(body).write_to_vec().unwrap_or_default();
+    let mut pieces = Vec::with_capacity(message.attachments.len() + 1);
+    for n in 0..message.attachments.len() {
+        let token = placeholder(n);
+        let at = rest
+            .windows(token.len())
+            .position(|window| window == token.as_bytes())
+            .unwrap_or(rest.len());
+        let after = rest.split_off(at);
+        pieces.push(std::mem::replace(
+            &mut rest,
+            after.get(token.len()..).unwrap_or_default().to_vec(),
+        ));
+    }
+    pieces.push(rest);
+    EmailLayout {
+        pieces,
+        attachments: message
+            .attachments
+            .iter()
+            .map(|a| (a.id.clone(), a.size, a.sha256.clone()))
+            .collect(),
+    }
+}
+
+/// Bytes of base64 input per MIME line (76 characters).
+const BASE64_LINE_INPUT: usize = 57;
+
+/// The length of `size` bytes as MIME base64 lines, each ended by CRLF.
+pub fn base64_lines_len(size: u64) -> u64 {
+    let line = BASE64_LINE_INPUT as u64;
+    let (full, rest) = (size / line, size % line);
+    full * 78
+        + if rest > 0 {
+            rest.div_ceil(3) * 4 + 2
+        } else {
+            0
+        }
+}
+
+/// MIME base64 written piece by piece: 57 input bytes per line, the remainder carried over.
+#[derive(Debug, Default)]
+struct Base64Lines {
+    carry: Vec<u8>,
+}
+
+impl Base64Lines {
+    fn update(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) {
+        if !self.carry.is_empty() {
+            let take = (BASE64_LINE_INPUT - self.carry.len()).min(bytes.len());
+            self.carry.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.carry.len() < BASE64_LINE_INPUT {
+                return;
+            }
+            let line = std::mem::take(&mut self.carry);
+            write_line(&line, out);
+        }
+        let mut lines = bytes.chunks_exact(BASE64_LINE_INPUT);
+        for line in &mut lines {
+            write_line(line, out);
+        }
+        self.carry.extend_from_slice(lines.remainder());
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.carry.is_empty() {
+            let line = std::mem::take(&mut self.carry);
+            write_line(&line, out);
+        }
+    }
+}
+
+fn write_line(line: &[u8], out: &mut Vec<u8>) {
+    let mut encoded = String::with_capacity(78);
+    base64::engine::general_purpose::STANDARD.encode_string(line, &mut encoded);
+    out.extend_from_slice(encoded.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Why a streamed email stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("reading attachment {id}: {reason}")]
+    Read { id: String, reason: String },
+    #[error(transparent)]
+    Conversion(#[from] ConversionError),
+}
+
+/// The bytes of an [`EmailLayout`]'s email in pieces of at most one attachment chunk (as
+/// base64), reading attachment `n`'s chunk `k` through `read(n, k)` only when it is due. Each
+/// attachment is checked against its announced size and SHA-256 as it passes: a mismatch ends
+/// the stream with an error, so a wrong email is never finished.
+pub struct EmailStream<'a, F> {
+    layout: &'a EmailLayout,
+    read: F,
+    /// Next piece of the layout to give, or the attachment being streamed.
+    piece: usize,
+    attachment: Option<Attachment>,
+    failed: bool,
+}
+
+struct Attachment {
+    index: usize,
+    chunk: usize,
+    received: u64,
+    digest: StreamingSha256,
+    encoder: Base64Lines,
+}
+
+impl<'a, F> EmailStream<'a, F>
+where
+    F: FnMut(usize, usize) -> Result<Vec<u8>, String>,
+{
+    pub fn new(layout: &'a EmailLayout, read: F) -> Self {
+        EmailStream {
+            layout,
+            read,
+            piece: 0,
+            attachment: None,
+            failed: false,
+        }
+    }
+
+    fn next_attachment_piece(&mut self) -> Result<Vec<u8>, StreamError> {
+        let Some(current) = self.attachment.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let (id, size, sha256) = &self.layout.attachments[current.index];
+        let mut out = Vec::new();
+        if current.received < *size {
+            let bytes =
+                (self.read)(current.index, current.chunk).map_err(|reason| StreamError::Read {
+                    id: id.clone(),
+                    reason,
+                })?;
+            current.chunk += 1;
+            current.received += bytes.len() as u64;
+            if bytes.is_empty() || current.received > *size {
+                return Err(ConversionError::AttachmentSize {
+                    id: id.clone(),
+                    expected: *size,
+                    actual: current.received,
+                }
+                .into());
+            }
+            current.digest.update(&bytes);
+            current.encoder.update(&bytes, &mut out);
+        }
+        if current.received == *size {
+            current.encoder.finish(&mut out);
+            let digest = std::mem::take(&mut current.digest).finish_hex();
+            if digest != *sha256 {
+                return Err(ConversionError::AttachmentDigest {
+                    id: id.clone(),
+                    expected: sha256.clone(),
+                }
+                .into());
+            }
+            self.attachment = None;
+        }
+        Ok(out)
+    }
+}
+
+impl<F> Iterator for EmailStream<'_, F>
+where
+    F: FnMut(usize, usize) -> Result<Vec<u8>, String>,
+{
+    type Item = Result<Vec<u8>, StreamError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if self.attachment.is_some() {
+            let piece = self.next_attachment_piece();
+            self.failed = piece.is_err();
+            return Some(piece);
+        }
+        let piece = self.layout.pieces.get(self.piece)?.clone();
+        if self.piece < self.layout.attachments.len() {
+            self.attachment = Some(Attachment {
+                index: self.piece,
+                chunk: 0,
+                received: 0,
+                digest: StreamingSha256::default(),
+                encoder: Base64Lines::default(),
+            });
+        }
+        self.piece += 1;
+        Some(Ok(piece))
+    }
 }
 
 fn verify_attachments(message: &Message, attachments: &[&[u8]]) -> Result<(), ConversionError> {

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use archiver_core::conversation::ConversationKey;
 use archiver_core::digest::sha256_hex;
 use archiver_core::email::{
-    ConversionError, EmailOptions, build_email, clean_header_text, conversation_id, message_id,
+    ConversionError, EmailOptions, EmailStream, StreamError, build_email, clean_header_text,
+    conversation_id, email_layout, message_id,
 };
 use archiver_core::mapping::{MappingTable, parse_mapping_csv};
 use archiver_core::phone::Region;
@@ -484,4 +485,88 @@ fn header_text_is_cleaned_of_line_breaks_and_controls() {
     );
     assert_eq!(clean_header_text("\r\n"), "");
     assert_eq!(clean_header_text("שלום 🎉"), "שלום 🎉");
+}
+
+/// The case's email streamed with attachments read in chunks of `chunk` bytes.
+fn streamed(case: &Case, chunk: usize) -> Result<Vec<u8>, StreamError> {
+    let layout = email_layout(&case.message, &case.rules(), &case.options());
+    let stream = EmailStream::new(&layout, |attachment, n| {
+        let bytes = &case.attachments[attachment];
+        Ok(bytes
+            .chunks(chunk)
+            .nth(n)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default())
+    });
+    let mut email = Vec::new();
+    for piece in stream {
+        email.extend_from_slice(&piece?);
+    }
+    assert_eq!(email.len() as u64, layout.len(), "{}", case.name);
+    Ok(email)
+}
+
+#[test]
+fn streamed_emails_equal_built_ones_whatever_the_chunk_size() {
+    let mut cases = cases();
+    // Attachment sizes around the 57-byte base64 line, and one of several chunks.
+    let mut edges = cases
+        .iter()
+        .find(|c| c.name == "mms-group-inbound")
+        .map(|c| load_case(&c.path))
+        .unwrap();
+    edges.name = "edges".into();
+    let sizes = [0usize, 1, 56, 57, 58, 114, 300_000];
+    let template = edges.message.attachments[0].clone();
+    edges.message.attachments = sizes
+        .iter()
+        .enumerate()
+        .map(|(n, size)| {
+            let mut meta = template.clone();
+            meta.id = format!("a-{n}");
+            meta.size = *size as u64;
+            meta
+        })
+        .collect();
+    edges.attachments = sizes
+        .iter()
+        .map(|size| (0..*size).map(|i| (i * 7 % 251) as u8).collect())
+        .collect();
+    for (meta, bytes) in edges.message.attachments.iter_mut().zip(&edges.attachments) {
+        meta.sha256 = sha256_hex(bytes);
+    }
+    cases.push(edges);
+    for case in &cases {
+        let built = case.build();
+        for chunk in [1, 57, 1000, 262_116] {
+            assert!(
+                streamed(case, chunk).unwrap() == built,
+                "{} in chunks of {chunk}",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn a_wrong_chunk_stops_the_stream_before_the_email_ends() {
+    let mut case = cases()
+        .into_iter()
+        .find(|c| !c.attachments.is_empty())
+        .unwrap();
+    let built = case.build();
+    case.attachments[0][3] ^= 0x01;
+    let error = streamed(&case, 1000).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StreamError::Conversion(ConversionError::AttachmentDigest { .. })
+        ),
+        "{error:?}"
+    );
+    // Bytes short of the announced size are an error too.
+    case.attachments[0][3] ^= 0x01;
+    case.attachments[0].pop();
+    assert!(streamed(&case, 1000).is_err());
+    assert!(!built.is_empty());
 }
