@@ -146,6 +146,8 @@ struct Shared {
     outbound_faults: Mutex<Vec<(String, u16, usize)>>,
     /// Outbound URL prefix -> rewrites of requests, each for as many requests as it applies to.
     outbound_rewrites: Mutex<Vec<(String, usize, RewriteFn)>>,
+    /// The largest linear memory any instance of each component reached, in bytes.
+    peak_memory: Mutex<BTreeMap<String, usize>>,
 }
 
 /// A crash the test asked for: the invocation was stopped at a key-value write.
@@ -168,6 +170,31 @@ struct State {
     hooks: Outbound,
     guest: Arc<Guest>,
     shared: Arc<Shared>,
+}
+
+/// Records how far each instance's memory grows (never refusing), for the tests' memory bounds.
+impl wasmtime::ResourceLimiter for State {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if let Ok(mut peaks) = self.shared.peak_memory.lock() {
+            let peak = peaks.entry(self.guest.id.clone()).or_default();
+            *peak = (*peak).max(desired);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
 }
 
 impl WasiView for State {
@@ -692,6 +719,7 @@ impl Shared {
             shared: self.clone(),
         };
         let mut store = Store::new(engine(), state);
+        store.limiter(|state| state);
         store.set_epoch_deadline(self.deadline_ticks.load(Ordering::SeqCst));
         store.epoch_deadline_trap();
         (store, [stdout, stderr])
@@ -959,6 +987,7 @@ impl AppBuilder {
             logs: Mutex::new(Vec::new()),
             outbound_faults: Mutex::new(Vec::new()),
             outbound_rewrites: Mutex::new(Vec::new()),
+            peak_memory: Mutex::new(BTreeMap::new()),
         });
         Ok(App {
             manifest,
@@ -1180,6 +1209,15 @@ impl App {
         if let Ok(mut rewrites) = self.shared.outbound_rewrites.lock() {
             rewrites.push((url_prefix.to_string(), times, Box::new(rewrite)));
         }
+    }
+
+    /// The largest linear memory (bytes) any one invocation of `component` has used so far.
+    pub fn peak_memory(&self, component: &str) -> usize {
+        self.shared
+            .peak_memory
+            .lock()
+            .map(|peaks| peaks.get(component).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     /// Everything the components wrote to stdout and stderr, each line prefixed by its component.

@@ -996,7 +996,20 @@ async fn a_60_mb_attachment_is_archived_whole() {
             .iter()
             .all(|k| !k.starts_with("stage/"))
     );
+    // The bytes go through a chunk at a time: no invocation holds the attachment.
+    for component in ["archive-fetch", "archive-import"] {
+        let peak = app.peak_memory(component);
+        println!("{component}: peak linear memory {} KiB", peak >> 10);
+        assert!(
+            peak > 0 && peak < MEMORY_BOUND,
+            "{component} used {peak} bytes for a 60 MB attachment"
+        );
+    }
 }
+
+/// The most linear memory one invocation may use, whatever the size of the items: a step's
+/// records and one staged chunk in its several forms fit well within it.
+const MEMORY_BOUND: usize = 16 << 20;
 
 /// Three texts from heidi to grace (a copy each) in the timer's first window, ids made unique
 /// by `prefix`.
@@ -1391,4 +1404,95 @@ async fn an_item_undelivered_past_the_retention_is_purged_and_reported() {
     );
     let grace = folder_contents(&jmap, "grace@acme.example").await;
     assert!(ids.iter().all(|id| !grace.contains_key(id)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_day_outage_is_caught_up_day_by_day_with_no_gap() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let day = 86_400u64;
+    // One text in each of the days the archive was down, and one just before.
+    let times = [
+        "2026-11-25T20:00:00Z",
+        "2026-11-26T12:00:00Z",
+        "2026-11-27T12:00:00Z",
+        "2026-11-28T12:00:00Z",
+        "2026-11-29T01:00:00Z",
+    ];
+    let ids: Vec<String> = times
+        .iter()
+        .map(|t| {
+            let id = unique("d");
+            let archived = t.replace(":00Z", ":01Z");
+            source.add_message(message(
+                &id,
+                "sms",
+                "inbound",
+                t,
+                &archived,
+                heidi(),
+                vec![grace()],
+                None,
+                "During the outage",
+                vec![],
+            ));
+            id
+        })
+        .collect();
+    let app = archiver(&source);
+    create_connector(&app, &source, "att-days").await;
+
+    assert_eq!(app.fire_cron("archive-fetch", TIMER).await.unwrap(), Ok(()));
+    // The archive is down for the next two daily runs.
+    source.fail_next("/v1/", 503, 8);
+    for n in 1..=2 {
+        assert!(
+            app.fire_cron("archive-fetch", TIMER + n * day)
+                .await
+                .unwrap()
+                .is_err()
+        );
+    }
+    let before = source.requests().len();
+    assert_eq!(
+        app.fire_cron("archive-fetch", TIMER + 3 * day)
+            .await
+            .unwrap(),
+        Ok(()),
+        "{}",
+        app.logs()
+    );
+
+    // The catch-up listed its three-day window a day at a time, with no gap between the days.
+    let windows: Vec<(String, String)> = source.requests()[before..]
+        .iter()
+        .filter(|r| r.1.starts_with("/v1/messages"))
+        .map(|r| {
+            let param = |name: &str| {
+                r.1.split(['?', '&'])
+                    .find_map(|p| p.strip_prefix(&format!("{name}=")))
+                    .unwrap()
+                    .replace("%3A", ":")
+            };
+            (param("since"), param("until"))
+        })
+        .collect();
+    assert_eq!(windows.len(), 4, "{windows:?}");
+    for pair in windows.windows(2) {
+        assert_eq!(pair[0].1, pair[1].0, "{windows:?}");
+    }
+    let instant = |t: &str| t.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    for (since, until) in &windows {
+        assert!(instant(until) - instant(since) <= chrono::Duration::days(1));
+    }
+    assert_eq!(windows[3].1, "2026-11-29T02:00:00Z");
+    let watermark = app
+        .kv_get("default", "connector/att-days/watermark")
+        .unwrap()
+        .unwrap();
+    assert_eq!(watermark, br#""2026-11-29T02:00:00Z""#);
+    for user in ["grace@acme.example", "heidi@acme.example"] {
+        let delivered = folder_contents(&jmap, user).await;
+        assert!(ids.iter().all(|id| delivered.contains_key(id)), "{user}");
+    }
 }

@@ -7,8 +7,8 @@ use archiver_core::digest::{StreamingSha256, sha256_hex};
 use archiver_core::lease;
 use archiver_core::phone::Region;
 use archiver_core::pipeline::{
-    self, StagedItem, StepBudget, StepLimits, attachment_range_request, item_key, messages_request,
-    ranges, read_messages_response, retry_wait, status_error, window,
+    self, StagedItem, StepBudget, StepLimits, attachment_range_request, item_key, listing_window,
+    messages_request, ranges, read_messages_response, retry_wait, status_error, window,
 };
 use archiver_core::runs::{
     Figures, LoginFailure, NotImported, NotImportedReason, Phase, Progress, Run, RunState,
@@ -352,21 +352,24 @@ async fn stage_step(
         state.put_health(&connector.id, &health)?;
     }
 
-    let (since, until) = (
-        run.since.unwrap_or_else(Utc::now),
-        run.until.unwrap_or_else(Utc::now),
-    );
+    let until = run.until.unwrap_or_else(Utc::now);
     let sealing = Sealing {
         key: &config.staging_key,
         nonce: &archive_host::random_bytes,
     };
     let mut budget = StepBudget::default();
     loop {
+        let from = run
+            .progress
+            .listing_from
+            .or(run.since)
+            .unwrap_or_else(Utc::now);
+        let (listing_since, listing_until) = listing_window(from, until);
         let request = messages_request(
             &connector.source_url,
             &authorization,
-            since,
-            until,
+            listing_since,
+            listing_until,
             run.progress.cursor.as_deref(),
         );
         let page = fetch_page(&request, config).await?;
@@ -452,6 +455,10 @@ async fn stage_step(
             run.progress.position = 0;
             match page.next_cursor {
                 Some(next) => run.progress.cursor = Some(next),
+                None if listing_until < until => {
+                    run.progress.cursor = None;
+                    run.progress.listing_from = Some(listing_until);
+                }
                 None => {
                     run.progress.cursor = None;
                     run.progress.phase = Phase::Import;
@@ -459,8 +466,11 @@ async fn stage_step(
             }
         }
         state.put_run(run)?;
+        if page_done && run.progress.cursor.is_none() {
+            // A day (or the whole window) is staged and recorded with the run.
+            advance_watermark(state, run, listing_until)?;
+        }
         if run.progress.phase == Phase::Import {
-            advance_watermark(state, run)?;
             return Ok(());
         }
         if budget.exhausted(&config.limits, started.elapsed()) {
@@ -486,12 +496,14 @@ fn take_pending(state: &State<'_, SpinStore>, run: &mut Run) -> Result<(), StepE
     Ok(())
 }
 
-/// A timer run whose whole window is staged moves the connector's watermark to its end (after
-/// the run record holds every item, so no staged item is left out of every run).
-fn advance_watermark(state: &State<'_, SpinStore>, run: &Run) -> Result<(), StepError> {
-    let Some(until) = run.until else {
-        return Ok(());
-    };
+/// A timer run that has staged its window up to `until` moves the connector's watermark there
+/// (after the run record holds every item, so no staged item is left out of every run). A run
+/// that could not stage some item leaves the watermark where it was, so the item is retried.
+fn advance_watermark(
+    state: &State<'_, SpinStore>,
+    run: &Run,
+    until: DateTime<Utc>,
+) -> Result<(), StepError> {
     if run.progress.incomplete || run.trigger != RunTrigger::Timer {
         return Ok(());
     }

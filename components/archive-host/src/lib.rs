@@ -93,6 +93,114 @@ pub async fn send_within(
     }
 }
 
+/// POSTs a body given piece by piece (each piece sent before the next is made), so a large
+/// upload never sits whole in memory. `content_length` must be the body's exact length: a body
+/// that ends early (a piece failed) is then refused by the HTTP layer, never taken as whole.
+/// The timeout covers the exchange, plus a second per MiB of body.
+pub async fn send_stream(
+    request: &SourceRequest,
+    content_type: &str,
+    content_length: u64,
+    pieces: impl Iterator<Item = Result<Vec<u8>, String>>,
+    timeout: std::time::Duration,
+) -> Result<Answer, String> {
+    use futures::SinkExt;
+    use spin_sdk::http::{Headers, IncomingResponse, OutgoingRequest, Scheme};
+
+    let failed = |e: &dyn std::fmt::Display| format!("{} {}: {e}", request.method, request.url);
+    let (scheme, rest) = request
+        .url
+        .split_once("://")
+        .ok_or_else(|| failed(&"not an absolute URL"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, "/"),
+    };
+    let mut entries: Vec<(String, Vec<u8>)> = vec![
+        ("content-type".into(), content_type.as_bytes().to_vec()),
+        (
+            "content-length".into(),
+            content_length.to_string().into_bytes(),
+        ),
+    ];
+    for (name, value) in &request.headers {
+        entries.push((name.to_string(), value.as_bytes().to_vec()));
+    }
+    let headers = Headers::from_list(&entries).map_err(|e| failed(&format!("{e:?}")))?;
+    let outgoing = OutgoingRequest::new(headers);
+    let set = outgoing
+        .set_method(&spin_sdk::http::Method::Post)
+        .and(outgoing.set_scheme(Some(&match scheme {
+            "https" => Scheme::Https,
+            _ => Scheme::Http,
+        })))
+        .and(outgoing.set_authority(Some(authority)))
+        .and(outgoing.set_path_with_query(Some(path)));
+    set.map_err(|()| failed(&"the request could not be built"))?;
+    let mut sink = outgoing.take_body();
+    let response = std::pin::pin!(spin_sdk::http::send::<_, IncomingResponse>(outgoing));
+    let writing = std::pin::pin!(async move {
+        for piece in pieces {
+            sink.send(piece?).await.map_err(|e| format!("{e:?}"))?;
+        }
+        // Dropping the sink finishes the body.
+        drop(sink);
+        Ok::<(), String>(())
+    });
+    let exchange = async {
+        match both(writing, response).await {
+            Err(e) => Err(failed(&e)),
+            Ok(Err(e)) => Err(failed(&e)),
+            Ok(Ok(response)) => {
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .first()
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                let body = response
+                    .into_body()
+                    .await
+                    .map_err(|e| failed(&format!("{e:?}")))?;
+                Ok(Answer {
+                    status,
+                    retry_after,
+                    body,
+                })
+            }
+        }
+    };
+    let allowed = timeout + std::time::Duration::from_secs(content_length >> 20);
+    match first_of(std::pin::pin!(exchange), std::pin::pin!(sleep(allowed))).await {
+        Either::Left(answer) => answer,
+        Either::Right(()) => Err(failed(&format!("no answer within {} s", allowed.as_secs()))),
+    }
+}
+
+/// Runs a body writer and its request together until the answer comes (a server may answer
+/// before it has read the whole body). A failed writer ends both at once: the request is then
+/// dropped unanswered.
+async fn both<W, R>(
+    mut writing: std::pin::Pin<&mut W>,
+    mut response: std::pin::Pin<&mut R>,
+) -> Result<R::Output, String>
+where
+    W: std::future::Future<Output = Result<(), String>>,
+    R: std::future::Future,
+{
+    let mut written = false;
+    std::future::poll_fn(|context| {
+        if !written && let std::task::Poll::Ready(outcome) = writing.as_mut().poll(context) {
+            if let Err(e) = outcome {
+                return std::task::Poll::Ready(Err(e));
+            }
+            written = true;
+        }
+        response.as_mut().poll(context).map(Ok)
+    })
+    .await
+}
+
 /// The `request_timeout_seconds` variable: how long an archive or mail server request may take.
 pub fn request_timeout() -> Result<std::time::Duration, String> {
     let value = variable("request_timeout_seconds")?;

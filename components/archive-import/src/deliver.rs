@@ -3,8 +3,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use archive_host::{SpinStore, send_within};
-use archiver_core::email::{EmailOptions, build_email, message_id};
+use archive_host::{SpinStore, send_stream, send_within};
+use archiver_core::email::{
+    EmailLayout, EmailOptions, EmailStream, StreamError, email_layout, message_id,
+};
 use archiver_core::jmap::{
     self, ImportItem, ImportOutcome, Mailbox, Session, create_folder_request, find_folder,
 };
@@ -77,6 +79,31 @@ impl Destination<'_> {
             headers: vec![("authorization", self.config.authorization.clone())],
         };
         let answer = send_within(&request, Some((content_type, body)), self.config.timeout)
+            .await
+            .map_err(Transient)?;
+        if answer.status >= 300 {
+            return Err(Transient(format!(
+                "the mail server answered {}",
+                answer.status
+            )));
+        }
+        Ok(answer.body)
+    }
+
+    /// POSTs a body made piece by piece (see [`archive_host::send_stream`]).
+    async fn post_stream(
+        &self,
+        url: &str,
+        content_type: &str,
+        length: u64,
+        pieces: impl Iterator<Item = Result<Vec<u8>, String>>,
+    ) -> Result<Vec<u8>, Transient> {
+        let request = SourceRequest {
+            method: "POST",
+            url: url.to_string(),
+            headers: vec![("authorization", self.config.authorization.clone())],
+        };
+        let answer = send_stream(&request, content_type, length, pieces, self.config.timeout)
             .await
             .map_err(Transient)?;
         if answer.status >= 300 {
@@ -340,29 +367,21 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
             continue;
         }
         let now = Utc::now();
-        let email = {
-            let item = &importer.items[index];
-            if item.expired(now, config.retention) {
-                Ok(Vec::new())
-            } else {
-                let attachments = state.staged_attachments(connector_id, item, &sealing)?;
-                let slices: Vec<&[u8]> = attachments.iter().map(Vec::as_slice).collect();
-                build_email(&item.message, &rules, &slices, &options)
-            }
-        };
+        // Only the email's headers and text are built here; attachments are streamed from
+        // staging into each upload, a chunk at a time.
+        let layout = email_layout(&importer.items[index].message, &rules, &options);
         for recipient in &delivery.recipients {
             importer.ledger.expect_copy();
             let participant = recipient.as_participants.first().cloned();
             let item = &importer.items[index];
-            let prepared = match &email {
-                _ if item
-                    .delivered_to
-                    .iter()
-                    .any(|d| d.eq_ignore_ascii_case(&recipient.email)) =>
-                {
-                    Err(CopyOutcome::Duplicate)
-                }
-                _ if item.expired(now, config.retention) => Err(CopyOutcome::Refused(
+            let prepared = if item
+                .delivered_to
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(&recipient.email))
+            {
+                Err(CopyOutcome::Duplicate)
+            } else if item.expired(now, config.retention) {
+                Err(CopyOutcome::Refused(
                     NotImportedReason::StagingExpired,
                     format!(
                         "staged since {} and undelivered for longer than the {}-day retention; \
@@ -370,21 +389,24 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
                         item.staged_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
                         config.retention.num_days()
                     ),
-                )),
-                Err(e) => Err(CopyOutcome::Refused(
-                    NotImportedReason::AttachmentMismatch,
-                    e.to_string(),
-                )),
-                Ok(bytes) => prepare_copy(
+                ))
+            } else {
+                let email = StagedEmail {
+                    layout: &layout,
+                    item,
+                    state: &state,
+                    sealing: &sealing,
+                    connector_id,
+                };
+                prepare_copy(
                     &mut importer.destination,
                     &connector.folder,
                     &recipient.email,
-                    item,
-                    bytes.clone(),
+                    &email,
                     &options,
                 )
                 .await
-                .unwrap_or_else(|Transient(detail)| Err(CopyOutcome::Transient(detail))),
+                .unwrap_or_else(|Transient(detail)| Err(CopyOutcome::Transient(detail)))
             };
             match prepared {
                 Err(outcome) => importer.settle(index, &recipient.email, participant, outcome)?,
@@ -461,14 +483,23 @@ fn fail(
     bail!(error)
 }
 
+/// A staged item's email: its layout, and the staged chunks its attachments stream from.
+struct StagedEmail<'a> {
+    layout: &'a EmailLayout,
+    item: &'a StagedItem,
+    state: &'a State<'a, SpinStore>,
+    sealing: &'a Sealing<'a>,
+    connector_id: &'a str,
+}
+
 /// Readies one copy for import into one user's folder: its account, folder and uploaded blob,
-/// or what already became of it (no mailbox; the mailbox already holds its Message-ID).
+/// or what already became of it (no mailbox; the mailbox already holds its Message-ID; the
+/// staged bytes are not what the archive announced).
 async fn prepare_copy(
     destination: &mut Destination<'_>,
     folder: &str,
     user: &str,
-    item: &StagedItem,
-    bytes: Vec<u8>,
+    email: &StagedEmail<'_>,
     options: &EmailOptions<'_>,
 ) -> Result<Result<(String, String, String), CopyOutcome>, Transient> {
     let Some(account) = destination.session.account_for(user).map(str::to_string) else {
@@ -479,7 +510,7 @@ async fn prepare_copy(
     };
     let id = message_id(
         options.connector_id,
-        &item.message.id,
+        &email.item.message.id,
         options.address_domain,
     );
     let found = destination
@@ -490,9 +521,39 @@ async fn prepare_copy(
     }
     let mailbox = destination.folder(&account, folder).await?;
     let upload_url = destination.session.upload_url(&account);
+    // The stream's own failure, if it stops the upload, says whether trying again can help.
+    let stream_error = std::cell::RefCell::new(None);
+    let pieces = EmailStream::new(email.layout, |attachment, chunk| {
+        email
+            .state
+            .staged_chunk(
+                email.connector_id,
+                email.item,
+                attachment,
+                chunk,
+                email.sealing,
+            )
+            .map_err(|e| e.to_string())
+    })
+    .map(|piece| {
+        piece.map_err(|e| {
+            let detail = e.to_string();
+            *stream_error.borrow_mut() = Some(e);
+            detail
+        })
+    });
     let uploaded = destination
-        .post(&upload_url, "message/rfc822", bytes)
-        .await?;
+        .post_stream(&upload_url, "message/rfc822", email.layout.len(), pieces)
+        .await;
+    let uploaded = match (uploaded, stream_error.into_inner()) {
+        (_, Some(StreamError::Conversion(e))) => {
+            return Ok(Err(CopyOutcome::Refused(
+                NotImportedReason::AttachmentMismatch,
+                e.to_string(),
+            )));
+        }
+        (uploaded, _) => uploaded?,
+    };
     let blob_id = jmap::parse_upload(&uploaded).map_err(|e| Transient(e.to_string()))?;
     Ok(Ok((account, mailbox, blob_id)))
 }

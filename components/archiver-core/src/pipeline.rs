@@ -92,6 +92,16 @@ pub fn window(
     (since, until)
 }
 
+/// The longest window one listing of the archive covers: a run over a longer window (after an
+/// outage of several days) fetches it day by day, and each finished day moves the watermark.
+pub const MAX_LISTING_WINDOW: Duration = Duration::days(1);
+
+/// The part of the run's `[since, until)` window to list next, starting at `from` (the end of
+/// the part before, or `since`).
+pub fn listing_window(from: DateTime<Utc>, until: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    (from, (from + MAX_LISTING_WINDOW).min(until))
+}
+
 fn instant(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -389,5 +399,22 @@ mod tests {
         assert!(!item.expired(now, Duration::days(30)));
         item.staged_at = Some(now - Duration::days(30) - Duration::seconds(1));
         assert!(item.expired(now, Duration::days(30)));
+    }
+
+    #[test]
+    fn a_long_window_is_listed_a_day_at_a_time() {
+        let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap();
+        let until = at("2026-11-29T02:00:00Z");
+        let mut from = at("2026-11-26T00:00:00Z");
+        let mut parts = Vec::new();
+        while from < until {
+            let (start, end) = listing_window(from, until);
+            assert!(end - start <= MAX_LISTING_WINDOW);
+            parts.push((start, end));
+            from = end;
+        }
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[0].0, at("2026-11-26T00:00:00Z"));
+        assert_eq!(parts[3], (at("2026-11-29T00:00:00Z"), until));
     }
 }

@@ -102,6 +102,10 @@ pub struct Progress {
     pub phase: Phase,
     /// Items kept staged by earlier runs were added to this run's items.
     pub took_pending: bool,
+    /// Start of the part of the window being listed (`None`: the window's start); a window
+    /// longer than a day is listed a day at a time.
+    #[serde(default)]
+    pub listing_from: Option<DateTime<Utc>>,
     /// The cursor of the archive page being fetched (`None`: the first page).
     pub cursor: Option<String>,
     /// Valid messages of that page already handled.

@@ -537,7 +537,26 @@ impl<K: KeyValue> State<'_, K> {
         self.kv.set(&staged_key(id, &item.key), &sealed)
     }
 
-    /// The bytes of a staged item's attachments, in order.
+    /// Chunk `n` of a staged item's attachment `attachment`.
+    pub fn staged_chunk(
+        &self,
+        id: &str,
+        item: &StagedItem,
+        attachment: usize,
+        n: usize,
+        sealing: &Sealing<'_>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let key = attachment_chunk_key(id, &item.key, attachment, n);
+        let sealed = self.kv.get(&key)?.ok_or_else(|| {
+            StoreError(format!(
+                "staged item {}: chunk {attachment}/{n} missing",
+                item.key
+            ))
+        })?;
+        sealing.open(&key, &sealed)
+    }
+
+    /// The bytes of a staged item's attachments, in order (whole: for small items and tests).
     pub fn staged_attachments(
         &self,
         id: &str,
@@ -548,14 +567,7 @@ impl<K: KeyValue> State<'_, K> {
         for (index, chunks) in item.attachment_chunks.iter().enumerate() {
             let mut bytes = Vec::new();
             for n in 0..*chunks {
-                let key = attachment_chunk_key(id, &item.key, index, n);
-                let sealed = self.kv.get(&key)?.ok_or_else(|| {
-                    StoreError(format!(
-                        "staged item {}: chunk {index}/{n} missing",
-                        item.key
-                    ))
-                })?;
-                bytes.extend_from_slice(&sealing.open(&key, &sealed)?);
+                bytes.extend_from_slice(&self.staged_chunk(id, item, index, n, sealing)?);
             }
             all.push(bytes);
         }
