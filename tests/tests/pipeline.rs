@@ -1280,12 +1280,13 @@ async fn a_message_the_mail_server_refuses_is_reported_with_its_reason_and_not_r
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_archive_page_that_is_not_json_is_asked_for_again() {
+async fn an_archive_error_500_or_a_page_that_is_not_json_is_asked_for_again() {
     let jmap = Jmap::connect().await;
     let source = SourceSimulator::start("att-admin", "archive-password").await;
     let ids = three_texts(&source, "j");
     let app = archiver(&source);
     create_connector(&app, &source, "att-html").await;
+    source.fail_next("/v1/messages", 500, 1);
     source.inject("/v1/messages", Fault::NotJson, 2);
 
     assert_eq!(
@@ -1294,6 +1295,12 @@ async fn an_archive_page_that_is_not_json_is_asked_for_again() {
         "{}",
         app.logs()
     );
+    let asked = source
+        .requests()
+        .iter()
+        .filter(|r| r.1.starts_with("/v1/messages"))
+        .count();
+    assert_eq!(asked, 4, "a 500, two HTML pages, then the page");
     let run = &status_of(&app, "att-html").await["runs"][0];
     assert_eq!(run["figures"]["fetched"], 3, "{run}");
     assert_eq!(run["figures"]["invalid"], 0, "{run}");
@@ -1495,4 +1502,50 @@ async fn a_three_day_outage_is_caught_up_day_by_day_with_no_gap() {
         let delivered = folder_contents(&jmap, user).await;
         assert!(ids.iter().all(|id| delivered.contains_key(id)), "{user}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_attachment_is_fetched_across_steps_each_range_once() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let item = unique("s");
+    let size = 12 * 1024 * 1024;
+    let video = attachment(&source, "a-steps", "site.mp4", "video/mp4", size);
+    source.add_message(message(
+        &item,
+        "mms",
+        "inbound",
+        "2026-11-25T04:00:00Z",
+        "2026-11-25T04:00:01Z",
+        person("+13125550133", None, None),
+        vec![grace()],
+        Some("In steps"),
+        "12 MB over several steps",
+        vec![video],
+    ));
+    // Steps of at most 4 MiB: the attachment is staged over at least three fetch steps.
+    let app = archiver_with(&source, &[("step_max_bytes", "4194304")]);
+    create_connector(&app, &source, "att-steps").await;
+    assert_eq!(
+        app.fire_cron("archive-fetch", TIMER).await.unwrap(),
+        Ok(()),
+        "{}",
+        app.logs()
+    );
+    let run = &status_of(&app, "att-steps").await["runs"][0];
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["figures"]["fetched"], 1, "{run}");
+    assert!(
+        run["progress"]["steps"].as_u64().unwrap() >= 4,
+        "three fetch steps and an import step: {run}"
+    );
+    let chunk = archiver_core::state::STAGED_CHUNK_BYTES;
+    let ranges = source
+        .requests()
+        .iter()
+        .filter(|r| r.1.starts_with("/v1/attachments/a-steps"))
+        .count();
+    assert_eq!(ranges, size.div_ceil(chunk), "each range read once");
+    let delivered = folder_contents(&jmap, "grace@acme.example").await;
+    assert_eq!(delivered[&item]["attachments"][0]["size"], size);
 }

@@ -7,8 +7,9 @@ use archiver_core::digest::{StreamingSha256, sha256_hex};
 use archiver_core::lease;
 use archiver_core::phone::Region;
 use archiver_core::pipeline::{
-    self, StagedItem, StepBudget, StepLimits, attachment_range_request, item_key, listing_window,
-    messages_request, ranges, read_messages_response, retry_wait, status_error, window,
+    self, PartialDownload, StagedItem, StepBudget, StepLimits, attachment_range_request, item_key,
+    listing_window, messages_request, ranges, read_messages_response, retry_wait, status_error,
+    window,
 };
 use archiver_core::runs::{
     Figures, LoginFailure, NotImported, NotImportedReason, Phase, Progress, Run, RunState,
@@ -400,27 +401,23 @@ async fn stage_step(
                 cut_short = true;
                 break;
             }
-            run.progress.position += 1;
-            run.figures.fetched += 1;
-            let bytes: u64 = message.attachments.iter().map(|a| a.size).sum();
-            budget.spend(1, bytes);
             let key = item_key(&message.id);
-            if state.archived(&connector.id, &key)?.is_some() {
-                continue;
-            }
-            if !state.is_staged(&connector.id, &key)? {
-                match stage_attachments(
+            let archived = state.archived(&connector.id, &key)?.is_some();
+            if !archived && !state.is_staged(&connector.id, &key)? {
+                let resume = run.progress.partial.take().filter(|p| p.item == key);
+                let download = Download {
                     state,
                     config,
                     connector,
-                    &authorization,
-                    &key,
-                    &message,
-                    &sealing,
-                )
-                .await?
+                    authorization: &authorization,
+                    sealing: &sealing,
+                    started,
+                };
+                match download
+                    .stage_attachments(&key, &message, resume, &mut budget)
+                    .await?
                 {
-                    Ok(attachment_chunks) => {
+                    Staging::Staged(attachment_chunks) => {
                         let item = StagedItem {
                             key: key.clone(),
                             run: run.id.clone(),
@@ -431,7 +428,7 @@ async fn stage_step(
                         };
                         state.update_staged(&connector.id, &item, &sealing)?;
                     }
-                    Err(detail) => {
+                    Staging::Mismatch(detail) => {
                         run.progress.incomplete = true;
                         not_imported.push(NotImported {
                             run: run.id.clone(),
@@ -442,11 +439,26 @@ async fn stage_step(
                             detail,
                             at: Utc::now(),
                         });
+                        run.progress.position += 1;
+                        run.figures.fetched += 1;
+                        budget.spend(1, 0);
                         continue;
+                    }
+                    Staging::CutShort(partial) => {
+                        // The next step goes on with this message's attachments where they
+                        // stopped.
+                        run.progress.partial = Some(partial);
+                        cut_short = true;
+                        break;
                     }
                 }
             }
-            keys.push(key);
+            run.progress.position += 1;
+            run.figures.fetched += 1;
+            budget.spend(1, 0);
+            if !archived {
+                keys.push(key);
+            }
         }
         state.append_run_items(run, &keys)?;
         state.append_not_imported(run, &not_imported)?;
@@ -567,63 +579,108 @@ async fn fetch_page(request: &SourceRequest, config: &Config) -> Result<MessageP
     }
 }
 
-/// Downloads each attachment in ranges of at most one staged chunk and stages the chunks as they
-/// arrive, so memory holds one chunk whatever the size. Returns the chunk count of each
-/// attachment, or `Ok(Err(reason))` when the bytes do not match the size and SHA-256 the archive
-/// announced: the item is then reported and never staged as if it were right.
-async fn stage_attachments(
-    state: &State<'_, SpinStore>,
-    config: &Config,
-    connector: &Connector,
-    authorization: &str,
-    key: &str,
-    message: &archiver_core::source::Message,
-    sealing: &Sealing<'_>,
-) -> Result<Result<Vec<usize>, String>, StepError> {
-    // Chunks staged so far, per attachment: thrown away if the bytes turn out wrong.
-    let mut counts: Vec<usize> = Vec::with_capacity(message.attachments.len());
-    for (index, meta) in message.attachments.iter().enumerate() {
-        let mut digest = StreamingSha256::default();
-        let mut received: u64 = 0;
-        counts.push(0);
-        let pieces = ranges(meta.size, STAGED_CHUNK_BYTES as u64);
-        for (n, (start, end)) in pieces.iter().enumerate() {
-            let request = attachment_range_request(
-                &connector.source_url,
-                authorization,
-                &meta.id,
-                *start,
-                *end,
-            );
-            let answer = send_with_retry(&request, config.timeout).await?;
-            // A server that ignores Range answers 200 with everything: only the asked part counts.
-            let piece = match answer.status {
-                206 => answer.body,
-                _ => answer
-                    .body
-                    .get(*start as usize..=(*end as usize))
-                    .map(<[u8]>::to_vec)
-                    .unwrap_or_default(),
+/// What staging a message's attachments came to.
+enum Staging {
+    /// Every attachment staged and verified: the chunk count of each.
+    Staged(Vec<usize>),
+    /// Some attachment's bytes do not match what the archive announced; nothing is kept.
+    Mismatch(String),
+    /// The step's limits were reached mid-way; the next step goes on from here.
+    CutShort(PartialDownload),
+}
+
+/// What downloading attachments needs, for one step.
+struct Download<'a> {
+    state: &'a State<'a, SpinStore>,
+    config: &'a Config,
+    connector: &'a Connector,
+    authorization: &'a str,
+    sealing: &'a Sealing<'a>,
+    started: Instant,
+}
+
+impl Download<'_> {
+    /// Downloads each attachment in ranges of at most one staged chunk and stages the chunks as
+    /// they arrive, so memory holds one chunk whatever the size, checking size and SHA-256 as
+    /// it goes. A download the step's limits cut short is resumed from `resume`, digest
+    /// included, by a later step.
+    async fn stage_attachments(
+        &self,
+        key: &str,
+        message: &archiver_core::source::Message,
+        resume: Option<PartialDownload>,
+        budget: &mut StepBudget,
+    ) -> Result<Staging, StepError> {
+        let connector_id = &self.connector.id;
+        let (mut counts, mut resumed, first) = match resume {
+            Some(partial) if !partial.counts.is_empty() => {
+                let first = partial.counts.len() - 1;
+                (
+                    partial.counts,
+                    Some((partial.received, partial.digest)),
+                    first,
+                )
+            }
+            _ => (Vec::with_capacity(message.attachments.len()), None, 0),
+        };
+        for (index, meta) in message.attachments.iter().enumerate().skip(first) {
+            let (mut received, mut digest) = match resumed.take() {
+                Some(progress) => progress,
+                None => {
+                    counts.push(0);
+                    (0, StreamingSha256::default())
+                }
             };
-            if piece.len() as u64 != end - start + 1 {
-                state.discard_chunks(&connector.id, key, &counts)?;
-                return Ok(Err(format!(
-                    "attachment {} is shorter than announced",
+            let pieces = ranges(meta.size, STAGED_CHUNK_BYTES as u64);
+            for (n, (start, end)) in pieces.iter().enumerate().skip(counts[index]) {
+                if budget.exhausted(&self.config.limits, self.started.elapsed()) {
+                    return Ok(Staging::CutShort(PartialDownload {
+                        item: key.to_string(),
+                        counts,
+                        received,
+                        digest,
+                    }));
+                }
+                let request = attachment_range_request(
+                    &self.connector.source_url,
+                    self.authorization,
+                    &meta.id,
+                    *start,
+                    *end,
+                );
+                let answer = send_with_retry(&request, self.config.timeout).await?;
+                // A server that ignores Range answers 200 with everything: only the asked part
+                // counts.
+                let piece = match answer.status {
+                    206 => answer.body,
+                    _ => answer
+                        .body
+                        .get(*start as usize..=(*end as usize))
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_default(),
+                };
+                if piece.len() as u64 != end - start + 1 {
+                    self.state.discard_chunks(connector_id, key, &counts)?;
+                    return Ok(Staging::Mismatch(format!(
+                        "attachment {} is shorter than announced",
+                        meta.id
+                    )));
+                }
+                digest.update(&piece);
+                received += piece.len() as u64;
+                budget.spend(0, piece.len() as u64);
+                self.state
+                    .stage_chunk(connector_id, key, index, n, &piece, self.sealing)?;
+                counts[index] = n + 1;
+            }
+            if received != meta.size || digest.finish_hex() != meta.sha256 {
+                self.state.discard_chunks(connector_id, key, &counts)?;
+                return Ok(Staging::Mismatch(format!(
+                    "attachment {} does not match the size and SHA-256 the archive announced",
                     meta.id
                 )));
             }
-            digest.update(&piece);
-            received += piece.len() as u64;
-            state.stage_chunk(&connector.id, key, index, n, &piece, sealing)?;
-            counts[index] = n + 1;
         }
-        if received != meta.size || digest.finish_hex() != meta.sha256 {
-            state.discard_chunks(&connector.id, key, &counts)?;
-            return Ok(Err(format!(
-                "attachment {} does not match the size and SHA-256 the archive announced",
-                meta.id
-            )));
-        }
+        Ok(Staging::Staged(counts))
     }
-    Ok(Ok(counts))
 }

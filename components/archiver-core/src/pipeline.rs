@@ -72,9 +72,10 @@ impl StepBudget {
         self.bytes += bytes;
     }
 
-    /// Whether the step must stop before its next item (never before its first).
+    /// Whether the step must stop before its next item or chunk (never before it has done
+    /// some work, so every step advances).
     pub fn exhausted(&self, limits: &StepLimits, elapsed: std::time::Duration) -> bool {
-        self.items > 0
+        (self.items > 0 || self.bytes > 0)
             && (self.items >= limits.items || self.bytes >= limits.bytes || elapsed >= limits.time)
     }
 }
@@ -246,6 +247,19 @@ pub struct StagedItem {
     /// When it was staged; an item still undelivered past the retention is purged, reported.
     #[serde(default)]
     pub staged_at: Option<DateTime<Utc>>,
+}
+
+/// A message whose attachments a fetch step had begun to stage when it reached its limits:
+/// the next step goes on from the next chunk, with the digest so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialDownload {
+    /// The item's key.
+    pub item: String,
+    /// Chunks staged of each attachment begun; the last one is the one in progress.
+    pub counts: Vec<usize>,
+    /// Bytes of the attachment in progress received so far, and their digest.
+    pub received: u64,
+    pub digest: crate::digest::StreamingSha256,
 }
 
 impl StagedItem {

@@ -110,6 +110,9 @@ pub struct Progress {
     pub cursor: Option<String>,
     /// Valid messages of that page already handled.
     pub position: usize,
+    /// The message at `position` whose attachments were being staged when a step stopped.
+    #[serde(default)]
+    pub partial: Option<crate::pipeline::PartialDownload>,
     /// Some message of the window could not be staged (its attachment did not match).
     pub incomplete: bool,
     /// Pages of the run's item keys and of its not-imported records (see the state layout).
