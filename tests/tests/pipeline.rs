@@ -878,6 +878,13 @@ async fn a_crash_at_any_key_value_write_loses_nothing_and_duplicates_nothing() {
             delivered.contains_key(&item),
             "a crash at write {writes_before_crash} lost the message"
         );
+        let status = status_of(&app, "att-crash").await;
+        for run in status["runs"].as_array().unwrap() {
+            assert_eq!(
+                run["invariant_holds"], true,
+                "after a crash at write {writes_before_crash}: {run}"
+            );
+        }
     }
     assert!(
         crash_points >= 10,

@@ -331,7 +331,6 @@ async fn stage_step(
     run: &mut Run,
 ) -> Result<(), StepError> {
     let started = Instant::now();
-    renew_lease(&connector.id, &run.id)?;
     take_pending(state, run)?;
     let password = secrets::open(
         &config.staging_key,
@@ -360,6 +359,8 @@ async fn stage_step(
     };
     let mut budget = StepBudget::default();
     loop {
+        // Renewed before every page: a step slowed by retries never outlives its lease.
+        renew_lease(&connector.id, &run.id)?;
         let from = run
             .progress
             .listing_from

@@ -170,6 +170,7 @@ struct Queued {
 /// One run's delivery: the items, the ledger of outcomes, and the copies queued per account.
 struct Importer<'a, 'c> {
     state: &'a State<'a, SpinStore>,
+    run_id: String,
     sealing: &'a Sealing<'a>,
     connector_id: &'a str,
     destination: Destination<'c>,
@@ -209,6 +210,9 @@ impl Importer<'_, '_> {
         let Some(queued) = self.queued.remove(account) else {
             return Ok(());
         };
+        // Renewed before every batch: a step slowed by retries never outlives its lease, and a
+        // run that lost it imports nothing more.
+        hold_lease(self.connector_id, &self.run_id)?;
         let mut by_mailbox: BTreeMap<String, Vec<(usize, Queued)>> = BTreeMap::new();
         for (n, copy) in queued.into_iter().enumerate() {
             by_mailbox
@@ -273,11 +277,7 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
     if run.progress.phase != Phase::Import || run.state != RunState::Running {
         return Ok(run.view());
     }
-    match archive_host::lease::acquire(connector_id, run_id, Utc::now()) {
-        Ok(Ok(())) => {}
-        Ok(Err(other)) => bail!("the run lost its lease to run {}", other.holder),
-        Err(e) => bail!("the run's lease: {e}"),
-    }
+    hold_lease(connector_id, run_id)?;
     run.progress.steps += 1;
     let table = state.mapping(connector_id, config.region)?;
     let rules = MappingRules {
@@ -347,6 +347,7 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
     let ledger = Ledger::new(run_id, items.len(), run.figures, Vec::new(), Utc::now());
     let mut importer = Importer {
         state: &state,
+        run_id: run_id.to_string(),
         sealing: &sealing,
         connector_id,
         destination: Destination {
@@ -464,6 +465,15 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
             state.put_run(&run)?;
             Ok(run.view())
         }
+    }
+}
+
+/// Renews the run's lease, or stops: another run holds the connector now.
+fn hold_lease(connector_id: &str, run_id: &str) -> anyhow::Result<()> {
+    match archive_host::lease::acquire(connector_id, run_id, Utc::now()) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(other)) => bail!("the run lost its lease to run {}", other.holder),
+        Err(e) => bail!("the run's lease: {e}"),
     }
 }
 
