@@ -475,6 +475,7 @@ async fn stage_step(
                 None => {
                     run.progress.cursor = None;
                     run.progress.phase = Phase::Import;
+                    run.progress.fetched_at = Some(Utc::now());
                 }
             }
         }

@@ -125,6 +125,9 @@ pub struct Progress {
     pub transient: Option<String>,
     /// Steps taken, fetch and import together.
     pub steps: u64,
+    /// When the fetch finished and the import began.
+    #[serde(default)]
+    pub fetched_at: Option<DateTime<Utc>>,
 }
 
 impl Run {
