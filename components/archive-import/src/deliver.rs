@@ -157,6 +157,19 @@ impl Destination<'_> {
 
 /// Emails per `Email/import` call.
 const IMPORT_BATCH: usize = 50;
+/// `Message-ID` lookups per request.
+const LOOKUP_BATCH: usize = 50;
+/// Uploads in flight at once.
+const CONCURRENT_UPLOADS: usize = 4;
+
+/// A copy to deliver: an item for one user, in the user's account.
+#[derive(Clone)]
+struct Copy {
+    item: usize,
+    account: String,
+    user: String,
+    participant: Option<String>,
+}
 
 /// A copy uploaded and waiting for its account's next `Email/import`.
 struct Queued {
@@ -360,29 +373,38 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
         queued: BTreeMap::new(),
     };
 
+    // 1. Which copies to deliver: settle at once what needs no mail server.
+    let now = Utc::now();
+    let mut layouts: Vec<Option<EmailLayout>> = Vec::with_capacity(importer.items.len());
+    let mut copies: Vec<Copy> = Vec::new();
     for index in 0..importer.items.len() {
         let delivery = rules.delivery(&importer.items[index].message);
         if delivery.is_unmapped() {
             let id = importer.items[index].message.id.clone();
             importer.ledger.unmapped(&id, &delivery);
+            layouts.push(None);
             continue;
         }
-        let now = Utc::now();
-        // Only the email's headers and text are built here; attachments are streamed from
-        // staging into each upload, a chunk at a time.
-        let layout = email_layout(&importer.items[index].message, &rules, &options);
+        // Only the email's headers and text are built; attachments are streamed from staging
+        // into each upload, a chunk at a time.
+        layouts.push(Some(email_layout(
+            &importer.items[index].message,
+            &rules,
+            &options,
+        )));
         for recipient in &delivery.recipients {
             importer.ledger.expect_copy();
             let participant = recipient.as_participants.first().cloned();
             let item = &importer.items[index];
-            let prepared = if item
+            let user = recipient.email.clone();
+            let settled = if item
                 .delivered_to
                 .iter()
-                .any(|d| d.eq_ignore_ascii_case(&recipient.email))
+                .any(|d| d.eq_ignore_ascii_case(&user))
             {
-                Err(CopyOutcome::Duplicate)
+                Some(CopyOutcome::Duplicate)
             } else if item.expired(now, config.retention) {
-                Err(CopyOutcome::Refused(
+                Some(CopyOutcome::Refused(
                     NotImportedReason::StagingExpired,
                     format!(
                         "staged since {} and undelivered for longer than the {}-day retention; \
@@ -392,36 +414,119 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
                     ),
                 ))
             } else {
-                let email = StagedEmail {
-                    layout: &layout,
-                    item,
-                    state: &state,
-                    sealing: &sealing,
-                    connector_id,
-                };
-                prepare_copy(
-                    &mut importer.destination,
-                    &connector.folder,
-                    &recipient.email,
-                    &email,
-                    &options,
-                )
-                .await
-                .unwrap_or_else(|Transient(detail)| Err(CopyOutcome::Transient(detail)))
+                match importer.destination.session.account_for(&user) {
+                    Some(account) => {
+                        copies.push(Copy {
+                            item: index,
+                            account: account.to_string(),
+                            user,
+                            participant,
+                        });
+                        continue;
+                    }
+                    None => Some(CopyOutcome::Refused(
+                        NotImportedReason::NoSuchMailbox,
+                        format!(
+                            "the mail server has no mailbox {user} the service account may write to"
+                        ),
+                    )),
+                }
+            };
+            if let Some(outcome) = settled {
+                importer.settle(index, &user, participant, outcome)?;
+            }
+        }
+    }
+
+    // 2. Copies a mailbox already holds (an earlier attempt stopped before it was recorded, or
+    //    a replayed window): looked up by Message-ID, many per request.
+    copies.sort_by(|a, b| a.account.cmp(&b.account));
+    let mut to_upload = Vec::with_capacity(copies.len());
+    for group in copies.chunk_by(|a, b| a.account == b.account) {
+        for batch in group.chunks(LOOKUP_BATCH) {
+            let ids: Vec<String> = batch
+                .iter()
+                .map(|c| {
+                    message_id(
+                        options.connector_id,
+                        &importer.items[c.item].message.id,
+                        options.address_domain,
+                    )
+                })
+                .collect();
+            let request = jmap::find_messages_request(&batch[0].account, &ids);
+            let found = match importer.destination.call(request).await {
+                Ok(body) => jmap::parse_find_messages(&body, ids.len()).map_err(|e| e.to_string()),
+                Err(Transient(detail)) => Err(detail),
+            };
+            for (n, copy) in batch.iter().enumerate() {
+                match &found {
+                    Ok(found) if found[n] => importer.settle(
+                        copy.item,
+                        &copy.user,
+                        copy.participant.clone(),
+                        CopyOutcome::Duplicate,
+                    )?,
+                    Ok(_) => to_upload.push(copy.clone()),
+                    Err(detail) => importer.settle(
+                        copy.item,
+                        &copy.user,
+                        copy.participant.clone(),
+                        CopyOutcome::Transient(detail.clone()),
+                    )?,
+                }
+            }
+        }
+    }
+
+    // 3. Uploads, several at once, each streaming its attachments from staging; imported by
+    //    `Email/import` per account as they add up.
+    for wave in to_upload.chunks(CONCURRENT_UPLOADS) {
+        let mut mailboxes = Vec::with_capacity(wave.len());
+        for copy in wave {
+            mailboxes.push(
+                importer
+                    .destination
+                    .folder(&copy.account, &connector.folder)
+                    .await,
+            );
+        }
+        let uploads = wave.iter().map(|copy| {
+            let email = StagedEmail {
+                layout: layouts[copy.item]
+                    .as_ref()
+                    .expect("a delivered item has its layout"),
+                item: &importer.items[copy.item],
+                state: &state,
+                sealing: &sealing,
+                connector_id,
+            };
+            upload(&importer.destination, &copy.account, email)
+        });
+        let uploaded = futures::future::join_all(uploads).await;
+        for ((copy, mailbox), uploaded) in wave.iter().zip(mailboxes).zip(uploaded) {
+            let prepared = match (mailbox, uploaded) {
+                (Err(Transient(detail)), _) | (_, Err(Transient(detail))) => {
+                    Err(CopyOutcome::Transient(detail))
+                }
+                (_, Ok(Err(outcome))) => Err(outcome),
+                (Ok(mailbox), Ok(Ok(blob_id))) => Ok((mailbox, blob_id)),
             };
             match prepared {
-                Err(outcome) => importer.settle(index, &recipient.email, participant, outcome)?,
-                Ok((account, mailbox, blob_id)) => {
-                    let queue = importer.queued.entry(account.clone()).or_default();
+                Err(outcome) => {
+                    importer.settle(copy.item, &copy.user, copy.participant.clone(), outcome)?
+                }
+                Ok((mailbox, blob_id)) => {
+                    let queue = importer.queued.entry(copy.account.clone()).or_default();
                     queue.push(Queued {
-                        item: index,
-                        user: recipient.email.clone(),
-                        participant,
+                        item: copy.item,
+                        user: copy.user.clone(),
+                        participant: copy.participant.clone(),
                         blob_id,
                         mailbox,
                     });
                     if queue.len() >= IMPORT_BATCH {
-                        importer.flush(&account).await?;
+                        importer.flush(&copy.account).await?;
                     }
                 }
             }
@@ -502,35 +607,14 @@ struct StagedEmail<'a> {
     connector_id: &'a str,
 }
 
-/// Readies one copy for import into one user's folder: its account, folder and uploaded blob,
-/// or what already became of it (no mailbox; the mailbox already holds its Message-ID; the
-/// staged bytes are not what the archive announced).
-async fn prepare_copy(
-    destination: &mut Destination<'_>,
-    folder: &str,
-    user: &str,
-    email: &StagedEmail<'_>,
-    options: &EmailOptions<'_>,
-) -> Result<Result<(String, String, String), CopyOutcome>, Transient> {
-    let Some(account) = destination.session.account_for(user).map(str::to_string) else {
-        return Ok(Err(CopyOutcome::Refused(
-            NotImportedReason::NoSuchMailbox,
-            format!("the mail server has no mailbox {user} the service account may write to"),
-        )));
-    };
-    let id = message_id(
-        options.connector_id,
-        &email.item.message.id,
-        options.address_domain,
-    );
-    let found = destination
-        .call(jmap::find_message_request(&account, &id))
-        .await?;
-    if jmap::parse_find_message(&found).map_err(|e| Transient(e.to_string()))? {
-        return Ok(Err(CopyOutcome::Duplicate));
-    }
-    let mailbox = destination.folder(&account, folder).await?;
-    let upload_url = destination.session.upload_url(&account);
+/// Uploads one copy, its attachments streamed from staging: the blob id, or what became of it
+/// when the staged bytes are not what the archive announced.
+async fn upload(
+    destination: &Destination<'_>,
+    account: &str,
+    email: StagedEmail<'_>,
+) -> Result<Result<String, CopyOutcome>, Transient> {
+    let upload_url = destination.session.upload_url(account);
     // The stream's own failure, if it stops the upload, says whether trying again can help.
     let stream_error = std::cell::RefCell::new(None);
     let pieces = EmailStream::new(email.layout, |attachment, chunk| {
@@ -564,6 +648,7 @@ async fn prepare_copy(
         }
         (uploaded, _) => uploaded?,
     };
-    let blob_id = jmap::parse_upload(&uploaded).map_err(|e| Transient(e.to_string()))?;
-    Ok(Ok((account, mailbox, blob_id)))
+    Ok(Ok(
+        jmap::parse_upload(&uploaded).map_err(|e| Transient(e.to_string()))?
+    ))
 }

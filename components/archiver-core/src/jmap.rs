@@ -352,25 +352,37 @@ pub fn parse_import(body: &[u8]) -> Result<BTreeMap<String, ImportOutcome>, Jmap
     Ok(outcomes)
 }
 
-/// `Email/query` for an email with this `Message-ID` (without angle brackets) in the account.
-pub fn find_message_request(account_id: &str, message_id: &str) -> Value {
-    json!({
-        "using": USING,
-        "methodCalls": [["Email/query", {
-            "accountId": account_id,
-            "filter": { "header": ["Message-ID", format!("<{message_id}>")] },
-            "limit": 1
-        }, "q"]]
-    })
+/// One request of `Email/query` calls, one per `Message-ID` (without angle brackets): which
+/// of these emails the account already holds. Many lookups cost one round trip.
+pub fn find_messages_request(account_id: &str, message_ids: &[String]) -> Value {
+    let calls: Vec<Value> = message_ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| {
+            json!(["Email/query", {
+                "accountId": account_id,
+                "filter": { "header": ["Message-ID", format!("<{id}>")] },
+                "limit": 1
+            }, format!("q{n}")])
+        })
+        .collect();
+    json!({ "using": USING, "methodCalls": calls })
 }
 
-/// Whether the query found an email.
-pub fn parse_find_message(body: &[u8]) -> Result<bool, JmapError> {
-    let (_, result) = responses(body)?
+/// For each lookup of [`find_messages_request`], in order, whether the email is there. An
+/// answer that does not cover every lookup is an error: nothing is assumed absent.
+pub fn parse_find_messages(body: &[u8], count: usize) -> Result<Vec<bool>, JmapError> {
+    let found: Vec<bool> = responses(body)?
         .into_iter()
-        .next()
-        .ok_or_else(|| bad("empty Email/query answer"))?;
-    Ok(result["ids"].as_array().is_some_and(|ids| !ids.is_empty()))
+        .map(|(_, result)| result["ids"].as_array().is_some_and(|ids| !ids.is_empty()))
+        .collect();
+    if found.len() != count {
+        return Err(bad(format!(
+            "{count} lookups answered {} times",
+            found.len()
+        )));
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -486,5 +498,24 @@ mod tests {
             parse_import(error),
             Err(JmapError::MethodError { .. })
         ));
+    }
+
+    #[test]
+    fn looks_up_many_message_ids_in_one_request() {
+        let ids = vec!["a@x".to_string(), "b@x".to_string()];
+        let request = find_messages_request("acc", &ids);
+        let calls = request["methodCalls"].as_array().unwrap();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[1][1]["filter"]["header"][1], "<b@x>");
+        assert_eq!(calls[1][2], "q1");
+        let answer = br#"{"methodResponses":[["Email/query",{"ids":["E1"]},"q0"],
+            ["Email/query",{"ids":[]},"q1"]]}"#;
+        assert_eq!(parse_find_messages(answer, 2).unwrap(), [true, false]);
+        assert!(
+            parse_find_messages(answer, 3).is_err(),
+            "a lookup left unanswered"
+        );
+        let error = br#"{"methodResponses":[["error",{"type":"serverFail"},"q0"]]}"#;
+        assert!(parse_find_messages(error, 1).is_err());
     }
 }
