@@ -12,7 +12,7 @@ use archiver_core::jmap::{
 };
 use archiver_core::ledger::{CopyOutcome, Ledger};
 use archiver_core::phone::Region;
-use archiver_core::pipeline::{StagedItem, StepBudget, StepLimits};
+use archiver_core::pipeline::{StagedItem, StepBudget, StepLimits, waves};
 use archiver_core::resolve::MappingRules;
 use archiver_core::runs::{NotImportedReason, Phase, Run, RunState};
 use archiver_core::secrets::SecretKey;
@@ -83,7 +83,7 @@ impl Destination<'_> {
             .map_err(Transient)?;
         if answer.status >= 300 {
             return Err(Transient(format!(
-                "the mail server answered {}",
+                "the mail server answered {} to POST {url}",
                 answer.status
             )));
         }
@@ -108,7 +108,7 @@ impl Destination<'_> {
             .map_err(Transient)?;
         if answer.status >= 300 {
             return Err(Transient(format!(
-                "the mail server answered {}",
+                "the mail server answered {} to POST {url}",
                 answer.status
             )));
         }
@@ -479,9 +479,12 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
         }
     }
 
-    // 3. Uploads, several at once, each streaming its attachments from staging; imported by
+    // 3. Uploads, several at once but never two into one account (a server may serialise an
+    //    account's uploads, and Cyrus answers 404 to one of two first uploads racing to create
+    //    the account's upload area), each streaming its attachments from staging; imported by
     //    `Email/import` per account as they add up.
-    for wave in to_upload.chunks(CONCURRENT_UPLOADS) {
+    for wave in waves(to_upload, |copy| copy.account.clone(), CONCURRENT_UPLOADS) {
+        let wave = wave.as_slice();
         let mut mailboxes = Vec::with_capacity(wave.len());
         for copy in wave {
             mailboxes.push(

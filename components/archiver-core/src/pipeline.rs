@@ -80,6 +80,35 @@ impl StepBudget {
     }
 }
 
+/// `items` in waves of at most `width`, no two items of a wave with the same key, the keys
+/// taken in turn: work that may run at once but never twice at once for one key (one mailbox).
+pub fn waves<T, K: Ord>(items: Vec<T>, key: impl Fn(&T) -> K, width: usize) -> Vec<Vec<T>> {
+    let mut by_key: std::collections::BTreeMap<K, std::collections::VecDeque<T>> =
+        std::collections::BTreeMap::new();
+    for item in items {
+        by_key.entry(key(&item)).or_default().push_back(item);
+    }
+    let width = width.max(1);
+    let mut waves = Vec::new();
+    let mut wave = Vec::with_capacity(width);
+    while !by_key.is_empty() {
+        by_key.retain(|_, queue| {
+            if let Some(item) = queue.pop_front() {
+                wave.push(item);
+                if wave.len() == width {
+                    waves.push(std::mem::take(&mut wave));
+                }
+            }
+            !queue.is_empty()
+        });
+        // Each turn takes one item per key: a wave left open at its end is closed there.
+        if !wave.is_empty() {
+            waves.push(std::mem::take(&mut wave));
+        }
+    }
+    waves
+}
+
 /// The `[since, until)` window of a run: from the watermark (minus the overlap) to `until`.
 pub fn window(
     watermark: Option<DateTime<Utc>>,
@@ -430,5 +459,26 @@ mod tests {
         assert_eq!(parts.len(), 4);
         assert_eq!(parts[0].0, at("2026-11-26T00:00:00Z"));
         assert_eq!(parts[3], (at("2026-11-29T00:00:00Z"), until));
+    }
+
+    #[test]
+    fn waves_never_hold_one_key_twice_and_lose_nothing() {
+        let items: Vec<(char, u32)> = "aaaaabbbcd"
+            .chars()
+            .enumerate()
+            .map(|(n, c)| (c, n as u32))
+            .collect();
+        let made = waves(items.clone(), |item| item.0, 3);
+        for wave in &made {
+            assert!(wave.len() <= 3);
+            let mut keys: Vec<char> = wave.iter().map(|i| i.0).collect();
+            keys.sort();
+            keys.dedup();
+            assert_eq!(keys.len(), wave.len(), "{wave:?}");
+        }
+        let mut all: Vec<(char, u32)> = made.into_iter().flatten().collect();
+        all.sort_by_key(|i| i.1);
+        assert_eq!(all, items);
+        assert!(waves(Vec::<u8>::new(), |i| *i, 4).is_empty());
     }
 }

@@ -90,6 +90,7 @@ pub async fn measure(
     emails: BTreeMap<String, Vec<Bytes>>,
     workers: usize,
 ) -> anyhow::Result<Ceiling> {
+    let expected: usize = emails.values().map(Vec::len).sum();
     let mut connection = Connection::open(origin, authorization).await?;
     let session = connection
         .send("GET", session_url, "application/json", Bytes::new())
@@ -173,6 +174,12 @@ pub async fn measure(
         let (c, b) = task.await??;
         copies += c;
         bytes += b;
+    }
+    if copies != expected {
+        bail!(
+            "the server created {copies} of {expected} emails (it held the others already): \
+             measure on an empty mail server, as scripts/bench starts one"
+        );
     }
     Ok(Ceiling {
         copies,

@@ -82,6 +82,7 @@ struct Figures {
     import: Duration,
     total: Duration,
     native_conversion: Duration,
+    wasm_conversion: Duration,
     email_mb: f64,
     ceiling: ceiling::Ceiling,
     peaks: Vec<(String, usize)>,
@@ -218,7 +219,7 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
         .map(|m| parse_message(&m.to_string(), Region::US))
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let conversion_started = Instant::now();
+    let mut native_conversion = Duration::ZERO;
     let mut per_user: BTreeMap<String, Vec<Bytes>> = BTreeMap::new();
     let mut email_bytes = 0u64;
     for message in &parsed {
@@ -227,7 +228,9 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
             .iter()
             .map(|a| bytes_of[a.id.as_str()])
             .collect();
+        let building = Instant::now();
         let email = build_email(message, &rules, &attachments, &email_options)?;
+        native_conversion += building.elapsed();
         email_bytes += email.len() as u64;
         let delivery = rules.delivery(message);
         // The ceiling's copies: the same emails, one header apart so the server stores them anew.
@@ -241,7 +244,8 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
                 .push(copy.clone());
         }
     }
-    let native_conversion = conversion_started.elapsed();
+    eprintln!("[bench] conversion, wasm");
+    let wasm_conversion = convert_in_wasm(&day)?.await?;
 
     eprintln!("[bench] ceiling: {} workers", options.workers);
     let authorization = archiver_core::source_client::basic_auth(&service_user, SERVICE_PASSWORD);
@@ -266,10 +270,62 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
         import: (finished - fetched).to_std().unwrap_or_default(),
         total,
         native_conversion,
+        wasm_conversion,
         email_mb: email_bytes as f64 / 1e6,
         ceiling,
         peaks,
         steps: run["progress"]["steps"].as_u64().unwrap_or(0),
+    })
+}
+
+/// The day's emails built inside wasm (the bench guest on the test host), in batches; the
+/// guest times the building alone.
+fn convert_in_wasm(
+    day: &day::Day,
+) -> anyhow::Result<impl Future<Output = anyhow::Result<Duration>> + '_> {
+    let guest = App::builder("tests/bench-guest/spin.toml").build()?;
+    guest.set_deadline(Duration::from_secs(3600));
+    let attachments: BTreeMap<&str, &day::Attachment> =
+        day.attachments.iter().map(|a| (a.id.as_str(), a)).collect();
+    Ok(async move {
+        let mut total = Duration::ZERO;
+        let mut start = 0;
+        while start < day.messages.len() {
+            // Batches of at most 200 messages or 32 MB of attachments.
+            let (mut end, mut blob, mut spans) = (start, Vec::new(), serde_json::Map::new());
+            while end < day.messages.len() && end - start < 200 && blob.len() < 32 << 20 {
+                for meta in day.messages[end]["attachments"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    let id = meta["id"].as_str().unwrap_or_default();
+                    let bytes = &attachments[id].bytes;
+                    spans.insert(id.to_string(), json!([blob.len(), bytes.len()]));
+                    blob.extend_from_slice(bytes);
+                }
+                end += 1;
+            }
+            let spec = json!({ "messages": &day.messages[start..end],
+                "mapping_csv": day.mapping_csv, "attachments": spans })
+            .to_string();
+            let mut body = (spec.len() as u64).to_le_bytes().to_vec();
+            body.extend_from_slice(spec.as_bytes());
+            body.extend_from_slice(&blob);
+            let request = http::Request::post("/convert").body(Bytes::from(body))?;
+            let answer = guest.send(request).await?;
+            if answer.status != 200 {
+                bail!(
+                    "the bench guest answered {}: {}",
+                    answer.status,
+                    answer.text()
+                );
+            }
+            let figures = answer.json()?;
+            total += Duration::from_nanos(figures["nanos"].as_u64().unwrap_or(0));
+            start = end;
+        }
+        Ok(total)
     })
 }
 
@@ -299,6 +355,12 @@ fn print(all: &[Figures]) {
             f.native_conversion.as_secs_f64(),
             rate(f.messages as f64, f.native_conversion),
             rate(f.email_mb, f.native_conversion)
+        );
+        println!(
+            "| conversion, wasm | {:.1} s | {:.0} messages/s, {:.1} MB/s |",
+            f.wasm_conversion.as_secs_f64(),
+            rate(f.messages as f64, f.wasm_conversion),
+            rate(f.email_mb, f.wasm_conversion)
         );
         println!(
             "| import (conversion in wasm + delivery) | {:.1} s | {:.0} copies/s |",
