@@ -63,7 +63,10 @@ struct Transient(String);
 struct Destination<'c> {
     config: &'c Config,
     session: Session,
+    /// Account -> the folder's mailbox id, also kept between steps in the store.
     folders: BTreeMap<String, String>,
+    state: &'c State<'c, SpinStore>,
+    connector_id: &'c str,
 }
 
 impl Destination<'_> {
@@ -126,6 +129,14 @@ impl Destination<'_> {
         if let Some(id) = self.folders.get(account) {
             return Ok(id.clone());
         }
+        let cached = self
+            .state
+            .cached_folder(self.connector_id, account, folder)
+            .map_err(|e| Transient(e.to_string()))?;
+        if let Some(id) = cached {
+            self.folders.insert(account.to_string(), id.clone());
+            return Ok(id);
+        }
         let answer = self.call(jmap::mailboxes_request(account)).await?;
         let mailboxes: Vec<Mailbox> =
             jmap::parse_mailboxes(&answer).map_err(|e| Transient(e.to_string()))?;
@@ -150,8 +161,16 @@ impl Destination<'_> {
                 }
             }
         };
+        self.state
+            .cache_folder(self.connector_id, account, folder, &id)
+            .map_err(|e| Transient(e.to_string()))?;
         self.folders.insert(account.to_string(), id.clone());
         Ok(id)
+    }
+
+    fn forget_folder(&mut self, account: &str) -> anyhow::Result<()> {
+        self.folders.remove(account);
+        Ok(self.state.forget_folder(self.connector_id, account)?)
     }
 }
 
@@ -218,58 +237,86 @@ impl Importer<'_, '_> {
         Ok(())
     }
 
-    /// Imports the copies queued for `account`, one call per mailbox.
-    async fn flush(&mut self, account: &str) -> anyhow::Result<()> {
-        let Some(queued) = self.queued.remove(account) else {
-            return Ok(());
-        };
-        // Renewed before every batch: a step slowed by retries never outlives its lease, and a
-        // run that lost it imports nothing more.
+    /// Imports every queued copy: `Email/import` calls of up to [`IMPORT_BATCH`] emails for one
+    /// account's folder, as many calls per request as the server takes.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        // Renewed before importing: a step slowed by retries never outlives its lease, and a
+        // run that lost it imports nothing.
         hold_lease(self.connector_id, &self.run_id)?;
-        let mut by_mailbox: BTreeMap<String, Vec<(usize, Queued)>> = BTreeMap::new();
-        for (n, copy) in queued.into_iter().enumerate() {
-            by_mailbox
-                .entry(copy.mailbox.clone())
-                .or_default()
-                .push((n, copy));
+        let mut calls: Vec<(String, String, Vec<Queued>)> = Vec::new();
+        for (account, queued) in std::mem::take(&mut self.queued) {
+            let mut by_mailbox: BTreeMap<String, Vec<Queued>> = BTreeMap::new();
+            for copy in queued {
+                by_mailbox
+                    .entry(copy.mailbox.clone())
+                    .or_default()
+                    .push(copy);
+            }
+            for (mailbox, mut copies) in by_mailbox {
+                while !copies.is_empty() {
+                    let rest = copies.split_off(copies.len().min(IMPORT_BATCH));
+                    calls.push((account.clone(), mailbox.clone(), copies));
+                    copies = rest;
+                }
+            }
         }
-        for (mailbox, copies) in by_mailbox {
-            let imports: Vec<ImportItem> = copies
+        let per_request = self.destination.session.max_calls_in_request.max(1);
+        while !calls.is_empty() {
+            let rest = calls.split_off(calls.len().min(per_request));
+            let request: Vec<(String, String, Vec<ImportItem>)> = calls
                 .iter()
-                .map(|(n, copy)| ImportItem {
-                    key: format!("e{n}"),
-                    blob_id: copy.blob_id.clone(),
-                    received_at: self.items[copy.item].message.sent_at,
+                .map(|(account, mailbox, copies)| {
+                    let items = copies
+                        .iter()
+                        .enumerate()
+                        .map(|(n, copy)| ImportItem {
+                            key: format!("e{n}"),
+                            blob_id: copy.blob_id.clone(),
+                            received_at: self.items[copy.item].message.sent_at,
+                        })
+                        .collect();
+                    (account.clone(), mailbox.clone(), items)
                 })
                 .collect();
             let answer = match self
                 .destination
-                .call(jmap::import_request(account, &mailbox, &imports))
+                .call(jmap::import_calls_request(&request))
                 .await
             {
-                Ok(body) => jmap::parse_import(&body).map_err(|e| e.to_string()),
+                Ok(body) => {
+                    jmap::parse_import_calls(&body, request.len()).map_err(|e| e.to_string())
+                }
                 Err(Transient(detail)) => Err(detail),
             };
-            for (n, copy) in copies {
-                let outcome = match &answer {
-                    Err(detail) => CopyOutcome::Transient(detail.clone()),
-                    Ok(outcomes) => match outcomes.get(&format!("e{n}")) {
-                        Some(ImportOutcome::Created(_)) => CopyOutcome::Imported,
-                        Some(ImportOutcome::AlreadyExists(_)) => CopyOutcome::Duplicate,
-                        Some(ImportOutcome::Refused(reason)) => CopyOutcome::Refused(
-                            NotImportedReason::DestinationRefused,
-                            reason.clone(),
-                        ),
-                        Some(ImportOutcome::Failed(reason)) => CopyOutcome::Transient(format!(
-                            "the mail server did not import an email: {reason}"
-                        )),
-                        None => CopyOutcome::Transient(
-                            "the mail server did not answer for an email".into(),
-                        ),
-                    },
-                };
-                self.settle(copy.item, &copy.user, copy.participant, outcome)?;
+            for (call, (account, _mailbox, copies)) in calls.into_iter().enumerate() {
+                for (n, copy) in copies.into_iter().enumerate() {
+                    let outcome = match &answer {
+                        Err(detail) => CopyOutcome::Transient(detail.clone()),
+                        Ok(outcomes) => match outcomes[call].get(&format!("e{n}")) {
+                            Some(ImportOutcome::Created(_)) => CopyOutcome::Imported,
+                            Some(ImportOutcome::AlreadyExists(_)) => CopyOutcome::Duplicate,
+                            Some(ImportOutcome::Refused(reason)) => CopyOutcome::Refused(
+                                NotImportedReason::DestinationRefused,
+                                reason.clone(),
+                            ),
+                            Some(ImportOutcome::Failed(reason)) => {
+                                if reason.contains("mailboxIds") {
+                                    // The folder is gone: found again next time.
+                                    self.destination.forget_folder(&account)?;
+                                }
+                                CopyOutcome::Transient(format!(
+                                    "the mail server did not import an email: {reason}"
+                                ))
+                            }
+                            None => CopyOutcome::Transient(
+                                "the mail server did not answer for an email".into(),
+                            ),
+                        },
+                    };
+                    self.settle(copy.item, &copy.user, copy.participant, outcome)?;
+                }
             }
+            calls = rest;
         }
         Ok(())
     }
@@ -367,6 +414,8 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
             config: &config,
             session: Session::parse(&session_answer.body, &config.session_url)?,
             folders: BTreeMap::new(),
+            state: &state,
+            connector_id,
         },
         items,
         ledger,
@@ -440,41 +489,43 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
 
     // 2. Copies a mailbox already holds (an earlier attempt stopped before it was recorded, or
     //    a replayed window): looked up by Message-ID, many per request.
-    copies.sort_by(|a, b| a.account.cmp(&b.account));
     let mut to_upload = Vec::with_capacity(copies.len());
-    for group in copies.chunk_by(|a, b| a.account == b.account) {
-        for batch in group.chunks(LOOKUP_BATCH) {
-            let ids: Vec<String> = batch
-                .iter()
-                .map(|c| {
-                    message_id(
-                        options.connector_id,
-                        &importer.items[c.item].message.id,
-                        options.address_domain,
-                    )
-                })
-                .collect();
-            let request = jmap::find_messages_request(&batch[0].account, &ids);
-            let found = match importer.destination.call(request).await {
-                Ok(body) => jmap::parse_find_messages(&body, ids.len()).map_err(|e| e.to_string()),
-                Err(Transient(detail)) => Err(detail),
-            };
-            for (n, copy) in batch.iter().enumerate() {
-                match &found {
-                    Ok(found) if found[n] => importer.settle(
-                        copy.item,
-                        &copy.user,
-                        copy.participant.clone(),
-                        CopyOutcome::Duplicate,
-                    )?,
-                    Ok(_) => to_upload.push(copy.clone()),
-                    Err(detail) => importer.settle(
-                        copy.item,
-                        &copy.user,
-                        copy.participant.clone(),
-                        CopyOutcome::Transient(detail.clone()),
-                    )?,
-                }
+    let per_request = LOOKUP_BATCH.min(importer.destination.session.max_calls_in_request.max(1));
+    for batch in copies.chunks(per_request) {
+        let lookups: Vec<(String, String)> = batch
+            .iter()
+            .map(|c| {
+                let id = message_id(
+                    options.connector_id,
+                    &importer.items[c.item].message.id,
+                    options.address_domain,
+                );
+                (c.account.clone(), id)
+            })
+            .collect();
+        let found = match importer
+            .destination
+            .call(jmap::find_messages_request(&lookups))
+            .await
+        {
+            Ok(body) => jmap::parse_find_messages(&body, lookups.len()).map_err(|e| e.to_string()),
+            Err(Transient(detail)) => Err(detail),
+        };
+        for (n, copy) in batch.iter().enumerate() {
+            match &found {
+                Ok(found) if found[n] => importer.settle(
+                    copy.item,
+                    &copy.user,
+                    copy.participant.clone(),
+                    CopyOutcome::Duplicate,
+                )?,
+                Ok(_) => to_upload.push(copy.clone()),
+                Err(detail) => importer.settle(
+                    copy.item,
+                    &copy.user,
+                    copy.participant.clone(),
+                    CopyOutcome::Transient(detail.clone()),
+                )?,
             }
         }
     }
@@ -528,17 +579,11 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
                         blob_id,
                         mailbox,
                     });
-                    if queue.len() >= IMPORT_BATCH {
-                        importer.flush(&copy.account).await?;
-                    }
                 }
             }
         }
     }
-    let accounts: Vec<String> = importer.queued.keys().cloned().collect();
-    for account in accounts {
-        importer.flush(&account).await?;
-    }
+    importer.flush().await?;
     let mut kept = Vec::new();
     for (index, item) in importer.items.iter().enumerate() {
         if importer.ledger.is_kept(index) {

@@ -36,6 +36,8 @@ pub struct Session {
     upload_url: String,
     /// Account name (an address, lowercased) -> account id.
     accounts: BTreeMap<String, String>,
+    /// The most method calls the server takes in one request.
+    pub max_calls_in_request: usize,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +46,8 @@ struct RawSession {
     api_url: String,
     upload_url: String,
     accounts: BTreeMap<String, RawAccount>,
+    #[serde(default)]
+    capabilities: Value,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +83,11 @@ impl Session {
                 .into_iter()
                 .map(|(id, account)| (account.name.to_ascii_lowercase(), id))
                 .collect(),
+            // RFC 8620 requires the figure; a server that leaves it out gets a modest one.
+            max_calls_in_request:
+                raw.capabilities["urn:ietf:params:jmap:core"]["maxCallsInRequest"]
+                    .as_u64()
+                    .map_or(16, |n| n.max(1) as usize),
         })
     }
 
@@ -308,6 +317,44 @@ pub fn parse_import(body: &[u8]) -> Result<BTreeMap<String, ImportOutcome>, Jmap
         .into_iter()
         .next()
         .ok_or_else(|| bad("empty Email/import answer"))?;
+    Ok(import_outcomes(&result))
+}
+
+/// One request of several `Email/import` calls (account, mailbox, emails), so many accounts'
+/// copies cost one round trip.
+pub fn import_calls_request(calls: &[(String, String, Vec<ImportItem>)]) -> Value {
+    let calls: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(n, (account, mailbox, items))| {
+            let mut call = import_request(account, mailbox, items)["methodCalls"][0].clone();
+            call[2] = json!(format!("i{n}"));
+            call
+        })
+        .collect();
+    json!({ "using": USING, "methodCalls": calls })
+}
+
+/// The outcomes of each call of [`import_calls_request`], in order; an answer that does not
+/// cover every call is an error.
+pub fn parse_import_calls(
+    body: &[u8],
+    count: usize,
+) -> Result<Vec<BTreeMap<String, ImportOutcome>>, JmapError> {
+    let outcomes: Vec<_> = responses(body)?
+        .iter()
+        .map(|(_, result)| import_outcomes(result))
+        .collect();
+    if outcomes.len() != count {
+        return Err(bad(format!(
+            "{count} Email/import calls answered {} times",
+            outcomes.len()
+        )));
+    }
+    Ok(outcomes)
+}
+
+fn import_outcomes(result: &Value) -> BTreeMap<String, ImportOutcome> {
     let mut outcomes = BTreeMap::new();
     if let Some(created) = result["created"].as_object() {
         for (key, email) in created {
@@ -349,16 +396,16 @@ pub fn parse_import(body: &[u8]) -> Result<BTreeMap<String, ImportOutcome>, Jmap
             outcomes.insert(key.clone(), outcome);
         }
     }
-    Ok(outcomes)
+    outcomes
 }
 
-/// One request of `Email/query` calls, one per `Message-ID` (without angle brackets): which
-/// of these emails the account already holds. Many lookups cost one round trip.
-pub fn find_messages_request(account_id: &str, message_ids: &[String]) -> Value {
-    let calls: Vec<Value> = message_ids
+/// One request of `Email/query` calls, one per (account, `Message-ID` without angle brackets):
+/// which of these emails the accounts already hold. Many lookups cost one round trip.
+pub fn find_messages_request(lookups: &[(String, String)]) -> Value {
+    let calls: Vec<Value> = lookups
         .iter()
         .enumerate()
-        .map(|(n, id)| {
+        .map(|(n, (account_id, id))| {
             json!(["Email/query", {
                 "accountId": account_id,
                 "filter": { "header": ["Message-ID", format!("<{id}>")] },
@@ -502,12 +549,16 @@ mod tests {
 
     #[test]
     fn looks_up_many_message_ids_in_one_request() {
-        let ids = vec!["a@x".to_string(), "b@x".to_string()];
-        let request = find_messages_request("acc", &ids);
+        let ids = vec![
+            ("acc".to_string(), "a@x".to_string()),
+            ("other".to_string(), "b@x".to_string()),
+        ];
+        let request = find_messages_request(&ids);
         let calls = request["methodCalls"].as_array().unwrap();
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[1][1]["filter"]["header"][1], "<b@x>");
         assert_eq!(calls[1][2], "q1");
+        assert_eq!(calls[1][1]["accountId"], "other");
         let answer = br#"{"methodResponses":[["Email/query",{"ids":["E1"]},"q0"],
             ["Email/query",{"ids":[]},"q1"]]}"#;
         assert_eq!(parse_find_messages(answer, 2).unwrap(), [true, false]);
@@ -517,5 +568,52 @@ mod tests {
         );
         let error = br#"{"methodResponses":[["error",{"type":"serverFail"},"q0"]]}"#;
         assert!(parse_find_messages(error, 1).is_err());
+    }
+
+    #[test]
+    fn imports_into_several_accounts_in_one_request() {
+        let item = |key: &str| ImportItem {
+            key: key.into(),
+            blob_id: format!("B-{key}"),
+            received_at: "2026-11-25T14:03:11Z".parse().unwrap(),
+        };
+        let request = import_calls_request(&[
+            ("a1".into(), "m1".into(), vec![item("e0")]),
+            ("a2".into(), "m2".into(), vec![item("e0"), item("e1")]),
+        ]);
+        let calls = request["methodCalls"].as_array().unwrap();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[1][1]["accountId"], "a2");
+        assert_eq!(calls[1][1]["emails"]["e1"]["mailboxIds"]["m2"], true);
+        assert_eq!(calls[1][2], "i1");
+        let answer = br#"{"methodResponses":[
+            ["Email/import",{"created":{"e0":{"id":"E1"}}},"i0"],
+            ["Email/import",{"created":{"e0":{"id":"E2"}},"notCreated":{"e1":{"type":"serverFail"}}},"i1"]]}"#;
+        let outcomes = parse_import_calls(answer, 2).unwrap();
+        assert_eq!(outcomes[0]["e0"], ImportOutcome::Created("E1".into()));
+        assert_eq!(
+            outcomes[1]["e1"],
+            ImportOutcome::Failed("serverFail".into())
+        );
+        assert!(parse_import_calls(answer, 3).is_err());
+    }
+
+    #[test]
+    fn the_session_says_how_many_calls_a_request_may_hold() {
+        let session = br#"{"apiUrl":"/jmap/","uploadUrl":"/jmap/upload/{accountId}/","accounts":{},
+            "capabilities":{"urn:ietf:params:jmap:core":{"maxCallsInRequest":50}}}"#;
+        assert_eq!(
+            Session::parse(session, "http://h/jmap/")
+                .unwrap()
+                .max_calls_in_request,
+            50
+        );
+        let bare = br#"{"apiUrl":"/jmap/","uploadUrl":"/u/{accountId}","accounts":{}}"#;
+        assert_eq!(
+            Session::parse(bare, "http://h/jmap/")
+                .unwrap()
+                .max_calls_in_request,
+            16
+        );
     }
 }

@@ -21,6 +21,7 @@
 //! | `archived/{id}/{item}` | an [`ArchivedItem`]: every copy delivered, staging purged |
 //! | `connector/{id}/pending` | page count of the item keys kept staged for a later run |
 //! | `connector/{id}/pending/{n}` | page `n` of those keys |
+//! | `connector/{id}/folder/{account}` | the archive folder's mailbox id in a destination account |
 //! | `connector/{id}/lease` | the [`crate::lease::Lease`] of the run working on the connector |
 //!
 //! A page is a JSON array of at most [`CHUNK_BYTES`]. A run's pages are counted in the run's
@@ -365,6 +366,32 @@ impl<'a, K: KeyValue> State<'a, K> {
         Ok(())
     }
 
+    /// The mailbox id of the folder named `folder` in a destination account, as found before
+    /// (a cache entry for another folder name, from before a rename, does not count).
+    pub fn cached_folder(
+        &self,
+        id: &str,
+        account: &str,
+        folder: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let cached: Option<(String, String)> = self.read(&folder_key(id, account))?;
+        Ok(cached.and_then(|(name, mailbox)| (name == folder).then_some(mailbox)))
+    }
+
+    pub fn cache_folder(
+        &self,
+        id: &str,
+        account: &str,
+        folder: &str,
+        mailbox: &str,
+    ) -> Result<(), StoreError> {
+        self.write(&folder_key(id, account), &(folder, mailbox))
+    }
+
+    pub fn forget_folder(&self, id: &str, account: &str) -> Result<(), StoreError> {
+        self.kv.delete(&folder_key(id, account))
+    }
+
     pub fn health(&self, id: &str) -> Result<HealthRecord, StoreError> {
         Ok(self.read(&health_key(id))?.unwrap_or_default())
     }
@@ -372,6 +399,10 @@ impl<'a, K: KeyValue> State<'a, K> {
     pub fn put_health(&self, id: &str, health: &HealthRecord) -> Result<(), StoreError> {
         self.write(&health_key(id), health)
     }
+}
+
+fn folder_key(id: &str, account: &str) -> String {
+    format!("connector/{id}/folder/{account}")
 }
 
 fn watermark_key(id: &str) -> String {
