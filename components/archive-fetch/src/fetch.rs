@@ -224,13 +224,8 @@ fn same_place(before: &Progress, after: &Progress) -> bool {
 
 /// Ends a run that cannot go on: what it had not imported is kept for the next run.
 fn give_up(state: &State<'_, SpinStore>, run: &mut Run, reason: String) -> anyhow::Result<()> {
-    state.carry_over(run)?;
-    run.state = RunState::Failed;
-    run.finished_at = Some(Utc::now());
-    run.error = Some(format!(
-        "{reason}; what it had not imported is left for the next run"
-    ));
-    state.put_run(run)?;
+    let error = format!("{reason}; what it had not imported is left for the next run");
+    state.fail_run(run, error, Utc::now())?;
     bail!(reason)
 }
 
@@ -246,13 +241,9 @@ fn hand_over_abandoned_runs(
         if run.id == current || run.state != RunState::Running {
             continue;
         }
-        state.carry_over(&run)?;
-        run.state = RunState::Failed;
-        run.finished_at = Some(Utc::now());
-        run.error = Some(format!(
-            "stopped before it finished; run {current} took over what it had not imported"
-        ));
-        state.put_run(&run)?;
+        let error =
+            format!("stopped before it finished; run {current} took over what it had not imported");
+        state.fail_run(&mut run, error, Utc::now())?;
     }
     Ok(())
 }
@@ -262,7 +253,7 @@ fn hand_over_abandoned_runs(
 enum StepError {
     Source(SourceError),
     Store(String),
-    LeaseLost(String),
+    Lease(String),
 }
 
 impl std::fmt::Display for StepError {
@@ -270,7 +261,7 @@ impl std::fmt::Display for StepError {
         match self {
             StepError::Source(e) => write!(f, "{e}"),
             StepError::Store(e) => write!(f, "the key-value store failed: {e}"),
-            StepError::LeaseLost(e) => f.write_str(e),
+            StepError::Lease(e) => f.write_str(e),
         }
     }
 }
@@ -312,11 +303,8 @@ pub async fn fetch_step(connector_id: &str, run_id: &str) -> anyhow::Result<serd
                 });
                 state.put_health(&connector.id, &health)?;
             }
-            state.carry_over(&run)?;
-            run.state = RunState::Failed;
-            run.finished_at = Some(Utc::now());
-            run.error = Some(format!("{error}; the window is left for the next run"));
-            state.put_run(&run)?;
+            let error = format!("{error}; the window is left for the next run");
+            state.fail_run(&mut run, error, Utc::now())?;
         }
     }
     Ok(run.view())
@@ -533,14 +521,7 @@ fn advance_watermark(
 /// Extends the run's lease; a run that lost it (it ran past its expiry and another run took
 /// over) stops before it writes anything more.
 fn renew_lease(connector: &str, run: &str) -> Result<(), StepError> {
-    match archive_host::lease::acquire(connector, run, Utc::now()) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(other)) => Err(StepError::LeaseLost(format!(
-            "the run lost its lease to run {}",
-            other.holder
-        ))),
-        Err(e) => Err(StepError::Store(e)),
-    }
+    archive_host::lease::renew(connector, run, Utc::now()).map_err(StepError::Lease)
 }
 
 /// Sends a request to the archive, retrying transient failures (a timeout among them) with

@@ -30,25 +30,20 @@ export!(Fetch);
 async fn handle_run_request(request: Request) -> Response {
     let path = request.path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let answer = |result: anyhow::Result<serde_json::Value>| {
+        result
+            .map(|view| view.to_string())
+            .map_err(|e| format!("{e:#}"))
+    };
     match (request.method(), segments.as_slice()) {
-        (Method::Post, ["runs", connector, run]) => match fetch::run_queued(connector, run).await {
-            Ok(view) => Response::builder()
-                .status(200)
-                .header("content-type", "application/json")
-                .body(view.to_string())
-                .build(),
-            Err(e) => Response::new(500, format!("{e:#}")),
-        },
-        (Method::Post, ["steps", connector, run]) => {
-            match fetch::fetch_step(connector, run).await {
-                Ok(view) => Response::builder()
-                    .status(200)
-                    .header("content-type", "application/json")
-                    .body(view.to_string())
-                    .build(),
-                Err(e) => Response::new(500, format!("{e:#}")),
-            }
-        }
+        (Method::Post, ["runs", connector, run]) => archive_host::run_answer(
+            answer(fetch::run_queued(connector, run).await),
+            &format!("run {connector}/{run}"),
+        ),
+        (Method::Post, ["steps", connector, run]) => archive_host::run_answer(
+            answer(fetch::fetch_step(connector, run).await),
+            &format!("fetch step {connector}/{run}"),
+        ),
         _ => Response::new(404, "no such route"),
     }
 }

@@ -39,6 +39,22 @@ impl KeyValue for SpinStore {
     }
 }
 
+/// The answer of a private route that runs a step or a run: the run's view as JSON, or a 500
+/// with the error (logged, with `context`).
+pub fn run_answer(result: Result<String, String>, context: &str) -> Response {
+    match result {
+        Ok(view) => Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(view)
+            .build(),
+        Err(e) => {
+            eprintln!("{context}: {e}");
+            Response::new(500, e)
+        }
+    }
+}
+
 /// A Spin variable of this component; the error names the variable, never a value.
 pub fn variable(name: &str) -> Result<String, String> {
     spin_sdk::variables::get(name).map_err(|e| format!("variable {name}: {e}"))
@@ -321,6 +337,15 @@ pub mod lease {
                 }
                 Err(atomics::CasError::StoreError(e)) => Err(format!("lease: {e:?}")),
             },
+        }
+    }
+
+    /// Renews the lease `holder` holds; an error when it cannot, above all when another run
+    /// has taken it: the holder must then stop writing.
+    pub fn renew(connector: &str, holder: &str, now: DateTime<Utc>) -> Result<(), String> {
+        match acquire(connector, holder, now)? {
+            Ok(()) => Ok(()),
+            Err(other) => Err(format!("the run lost its lease to run {}", other.holder)),
         }
     }
 

@@ -623,11 +623,7 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
 
 /// Renews the run's lease, or stops: another run holds the connector now.
 fn hold_lease(connector_id: &str, run_id: &str) -> anyhow::Result<()> {
-    match archive_host::lease::acquire(connector_id, run_id, Utc::now()) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(other)) => bail!("the run lost its lease to run {}", other.holder),
-        Err(e) => bail!("the run's lease: {e}"),
-    }
+    archive_host::lease::renew(connector_id, run_id, Utc::now()).map_err(anyhow::Error::msg)
 }
 
 /// Ends the run as failed. Whatever it had not imported joins the pending list for the next
@@ -637,12 +633,7 @@ fn fail(
     run: &mut Run,
     error: String,
 ) -> anyhow::Result<serde_json::Value> {
-    state.carry_over(run)?;
-    run.progress.phase = Phase::Done;
-    run.state = RunState::Failed;
-    run.finished_at = Some(Utc::now());
-    run.error = Some(error.clone());
-    state.put_run(run)?;
+    state.fail_run(run, error.clone(), Utc::now())?;
     bail!(error)
 }
 

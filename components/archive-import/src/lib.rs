@@ -13,19 +13,13 @@ async fn handle_import(request: Request) -> Response {
     let path = request.path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (request.method(), segments.as_slice()) {
-        (Method::Post, ["import", connector, run]) => {
-            match deliver::import_step(connector, run).await {
-                Ok(view) => Response::builder()
-                    .status(200)
-                    .header("content-type", "application/json")
-                    .body(view.to_string())
-                    .build(),
-                Err(e) => {
-                    eprintln!("import {connector}/{run}: {e:#}");
-                    Response::new(500, format!("{e:#}"))
-                }
-            }
-        }
+        (Method::Post, ["import", connector, run]) => archive_host::run_answer(
+            deliver::import_step(connector, run)
+                .await
+                .map(|view| view.to_string())
+                .map_err(|e| format!("{e:#}")),
+            &format!("import {connector}/{run}"),
+        ),
         _ => Response::new(404, "no such route"),
     }
 }

@@ -544,6 +544,22 @@ impl<K: KeyValue> State<'_, K> {
         Ok(())
     }
 
+    /// Ends `run` as failed with `error`: what it had not imported joins the pending list for
+    /// the next run, then the run record is written.
+    pub fn fail_run(
+        &self,
+        run: &mut Run,
+        error: String,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.carry_over(run)?;
+        run.progress.phase = crate::runs::Phase::Done;
+        run.state = crate::runs::RunState::Failed;
+        run.finished_at = Some(at);
+        run.error = Some(error);
+        self.put_run(run)
+    }
+
     /// Empties the list (count first, so a crash leaves it empty with some unread pages).
     pub fn clear_pending(&self, id: &str) -> Result<(), StoreError> {
         let pages = self.pending_pages(id)?;
@@ -776,6 +792,27 @@ mod tests {
                 .iter()
                 .any(|k| k.starts_with("connector/c/pending/"))
         );
+    }
+
+    #[test]
+    fn a_failed_run_hands_what_it_had_not_imported_to_the_next() {
+        let store = MemoryStore::default();
+        let state = State::new(&store);
+        let mut run = crate::testing::run("c", "r");
+        let keys: Vec<String> = (0..5).map(|i| format!("item-{i}")).collect();
+        state.append_run_items(&mut run, &keys).unwrap();
+        run.progress.imported_position = 2;
+        state
+            .fail_run(&mut run, "mail server down".into(), now())
+            .unwrap();
+        assert_eq!(run.state, crate::runs::RunState::Failed);
+        assert_eq!(run.error.as_deref(), Some("mail server down"));
+        assert_eq!(state.run("c", "r").unwrap().unwrap(), run, "recorded");
+        let mut pending = Vec::new();
+        for n in 0..state.pending_pages("c").unwrap() {
+            pending.extend(state.pending_page("c", n).unwrap());
+        }
+        assert_eq!(pending, keys[2..]);
     }
 
     #[test]
