@@ -612,13 +612,11 @@ impl batch::Host for State {
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), wasi_store::Error>> {
         let label = self.bucket_label(&bucket)?;
-        for (key, value) in key_values {
-            self.shared.before_write()?;
-            if let Err(e) = self.shared.kv.set(&label, &key, &value) {
-                return Ok(Err(wasi_other(e)));
-            }
-        }
-        Ok(Ok(()))
+        // A crash at the nth write of a batch leaves the writes before it (a batch is not
+        // atomic); Spin writes a batch in one transaction, and so does this host.
+        let allowed = self.shared.writes_allowed(key_values.len());
+        let written = self.shared.kv.set_many(&label, &key_values[..allowed]);
+        self.batch_outcome(allowed, key_values.len(), written)
     }
 
     fn delete_many(
@@ -627,11 +625,24 @@ impl batch::Host for State {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), wasi_store::Error>> {
         let label = self.bucket_label(&bucket)?;
-        for key in keys {
-            self.shared.before_write()?;
-            if let Err(e) = self.shared.kv.delete(&label, &key) {
-                return Ok(Err(wasi_other(e)));
-            }
+        let allowed = self.shared.writes_allowed(keys.len());
+        let deleted = self.shared.kv.delete_many(&label, &keys[..allowed]);
+        self.batch_outcome(allowed, keys.len(), deleted)
+    }
+}
+
+impl State {
+    fn batch_outcome(
+        &self,
+        allowed: usize,
+        asked: usize,
+        done: anyhow::Result<()>,
+    ) -> wasmtime::Result<Result<(), wasi_store::Error>> {
+        if let Err(e) = done {
+            return Ok(Err(wasi_other(e)));
+        }
+        if allowed < asked {
+            return Err(wasmtime::Error::new(SimulatedCrash));
         }
         Ok(Ok(()))
     }
@@ -682,6 +693,13 @@ impl Shared {
             }
         }
         None
+    }
+
+    /// How many of `writes` may happen before the simulated crash (all when none is set).
+    fn writes_allowed(&self, writes: usize) -> usize {
+        (0..writes)
+            .take_while(|_| self.before_write().is_ok())
+            .count()
     }
 
     fn before_write(&self) -> wasmtime::Result<()> {

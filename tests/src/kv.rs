@@ -82,6 +82,46 @@ impl KvBackend {
         })
     }
 
+    /// Sets many keys in one transaction, as Spin's SQLite store does a `wasi:keyvalue` batch.
+    pub fn set_many(&self, store: &str, entries: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+        self.in_transaction(|t| {
+            let mut statement = t.prepare_cached(
+                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+            )?;
+            for (key, value) in entries {
+                statement.execute(params![store, key, value])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes many keys in one transaction.
+    pub fn delete_many(&self, store: &str, keys: &[String]) -> anyhow::Result<()> {
+        self.in_transaction(|t| {
+            let mut statement =
+                t.prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2")?;
+            for key in keys {
+                statement.execute(params![store, key])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn in_transaction(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut connection = self
+            .connection
+            .lock()
+            .map_err(|_| anyhow::anyhow!("key-value database lock poisoned"))?;
+        let transaction = connection.transaction()?;
+        f(&transaction)?;
+        transaction.commit()?;
+        Ok(())
+    }
+
     /// Sets `key` to `value` if it still holds `expected` (`None`: absent), atomically.
     pub fn compare_and_swap(
         &self,

@@ -37,6 +37,31 @@ impl KeyValue for SpinStore {
             .delete(key)
             .map_err(|e| StoreError(format!("delete {key}: {e}")))
     }
+
+    /// One `wasi:keyvalue` batch on the same store: one transaction on Spin's SQLite store.
+    fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let bucket = wasi_bucket()?;
+        spin_sdk::wit::wasi::keyvalue::batch::set_many(&bucket, entries)
+            .map_err(|e| StoreError(format!("set {} keys: {e:?}", entries.len())))
+    }
+
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let bucket = wasi_bucket()?;
+        spin_sdk::wit::wasi::keyvalue::batch::delete_many(&bucket, keys)
+            .map_err(|e| StoreError(format!("delete {} keys: {e:?}", keys.len())))
+    }
+}
+
+/// The `default` store as a `wasi:keyvalue` bucket (the same data as [`SpinStore`]).
+fn wasi_bucket() -> Result<spin_sdk::wit::wasi::keyvalue::store::Bucket, StoreError> {
+    spin_sdk::wit::wasi::keyvalue::store::open("default")
+        .map_err(|e| StoreError(format!("opening the default store: {e:?}")))
 }
 
 /// The answer of a private route that runs a step or a run: the run's view as JSON, or a 500

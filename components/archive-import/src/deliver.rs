@@ -12,13 +12,15 @@ use archiver_core::jmap::{
 };
 use archiver_core::ledger::{CopyOutcome, Ledger};
 use archiver_core::phone::Region;
-use archiver_core::pipeline::{StagedItem, StepBudget, StepLimits, waves};
+use archiver_core::pipeline::{Lanes, StagedItem, StepBudget, StepLimits};
 use archiver_core::resolve::MappingRules;
 use archiver_core::runs::{NotImportedReason, Phase, Run, RunState};
 use archiver_core::secrets::SecretKey;
 use archiver_core::source_client::{SourceRequest, basic_auth};
 use archiver_core::state::{Sealing, State};
 use chrono::Utc;
+use futures::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
 use std::time::Instant;
 
 struct Config {
@@ -64,7 +66,7 @@ struct Destination<'c> {
     config: &'c Config,
     session: Session,
     /// Account -> the folder's mailbox id, also kept between steps in the store.
-    folders: BTreeMap<String, String>,
+    known_folders: BTreeMap<String, String>,
     state: &'c State<'c, SpinStore>,
     connector_id: &'c str,
 }
@@ -124,52 +126,125 @@ impl Destination<'_> {
             .await
     }
 
-    /// The folder's mailbox in `account`, found or created.
-    async fn folder(&mut self, account: &str, folder: &str) -> Result<String, Transient> {
-        if let Some(id) = self.folders.get(account) {
-            return Ok(id.clone());
+    /// The folder's mailbox in each of `accounts`: remembered (in memory or in the store),
+    /// else found or created on the server, many accounts per request. An account whose
+    /// folder could not be had gets why.
+    async fn folders(
+        &mut self,
+        accounts: &[&str],
+        folder: &str,
+    ) -> anyhow::Result<BTreeMap<String, Result<String, String>>> {
+        let mut found = BTreeMap::new();
+        let mut unknown = Vec::new();
+        for &account in accounts {
+            if let Some(id) = self.known_folders.get(account) {
+                found.insert(account.to_string(), Ok(id.clone()));
+            } else if let Some(id) = self
+                .state
+                .cached_folder(self.connector_id, account, folder)?
+            {
+                self.known_folders.insert(account.to_string(), id.clone());
+                found.insert(account.to_string(), Ok(id));
+            } else {
+                unknown.push(account);
+            }
         }
-        let cached = self
-            .state
-            .cached_folder(self.connector_id, account, folder)
-            .map_err(|e| Transient(e.to_string()))?;
-        if let Some(id) = cached {
-            self.folders.insert(account.to_string(), id.clone());
-            return Ok(id);
-        }
-        let answer = self.call(jmap::mailboxes_request(account)).await?;
-        let mailboxes: Vec<Mailbox> =
-            jmap::parse_mailboxes(&answer).map_err(|e| Transient(e.to_string()))?;
-        let id = match find_folder(&mailboxes, folder) {
-            Some(id) => id,
-            None => {
-                let flat = self
-                    .call(create_folder_request(account, &mailboxes, folder, false))
-                    .await?;
-                match jmap::parse_create_folder(&flat).map_err(|e| Transient(e.to_string()))? {
-                    Ok(id) => id,
-                    Err(_refused) => {
-                        let nested = self
-                            .call(create_folder_request(account, &mailboxes, folder, true))
-                            .await?;
-                        jmap::parse_create_folder(&nested)
-                            .map_err(|e| Transient(e.to_string()))?
-                            .map_err(|refused| {
-                                Transient(format!("creating folder {folder:?}: {refused}"))
-                            })?
+        for batch in unknown.chunks(self.session.max_calls_in_request.max(1)) {
+            let lists = match self.call(jmap::mailboxes_request(batch)).await {
+                Ok(body) => jmap::parse_mailboxes(&body, batch.len()).map_err(|e| e.to_string()),
+                Err(Transient(detail)) => Err(detail),
+            };
+            let mut missing = Vec::new();
+            for (n, &account) in batch.iter().enumerate() {
+                let mailboxes = match &lists {
+                    Err(detail) => Err(detail.clone()),
+                    Ok(lists) => lists[n].clone().map_err(|e| e.to_string()),
+                };
+                match mailboxes.map(|m| (find_folder(&m, folder), m)) {
+                    Err(detail) => {
+                        found.insert(account.to_string(), Err(detail));
+                    }
+                    Ok((Some(id), _)) => {
+                        self.remember(account, folder, &id)?;
+                        found.insert(account.to_string(), Ok(id));
+                    }
+                    Ok((None, mailboxes)) => missing.push((account, mailboxes)),
+                }
+            }
+            // Created as one mailbox where the server takes the name, else as the hierarchy
+            // its `/` describes.
+            let mut refused = Vec::new();
+            let flat = self.create_folders(&missing, folder, false).await;
+            for ((account, mailboxes), outcome) in missing.into_iter().zip(flat) {
+                match outcome {
+                    Ok(Ok(id)) => {
+                        self.remember(account, folder, &id)?;
+                        found.insert(account.to_string(), Ok(id));
+                    }
+                    Ok(Err(_refused)) => refused.push((account, mailboxes)),
+                    Err(detail) => {
+                        found.insert(account.to_string(), Err(detail));
                     }
                 }
             }
+            let nested = self.create_folders(&refused, folder, true).await;
+            for ((account, _), outcome) in refused.into_iter().zip(nested) {
+                let id = match outcome {
+                    Ok(Ok(id)) => id,
+                    Ok(Err(refusal)) | Err(refusal) => {
+                        let detail = format!("creating folder {folder:?}: {refusal}");
+                        found.insert(account.to_string(), Err(detail));
+                        continue;
+                    }
+                };
+                self.remember(account, folder, &id)?;
+                found.insert(account.to_string(), Ok(id));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Creates the folder in each account: per account, the new mailbox's id, the server's
+    /// refusal, or (outer error) why the call failed.
+    async fn create_folders(
+        &self,
+        accounts: &[(&str, Vec<Mailbox>)],
+        folder: &str,
+        as_hierarchy: bool,
+    ) -> Vec<Result<Result<String, String>, String>> {
+        if accounts.is_empty() {
+            return Vec::new();
+        }
+        let targets: Vec<(&str, &[Mailbox])> = accounts
+            .iter()
+            .map(|(account, mailboxes)| (*account, mailboxes.as_slice()))
+            .collect();
+        let answer = match self
+            .call(create_folder_request(&targets, folder, as_hierarchy))
+            .await
+        {
+            Ok(body) => jmap::parse_create_folder(&body, targets.len()).map_err(|e| e.to_string()),
+            Err(Transient(detail)) => Err(detail),
         };
+        match answer {
+            Ok(outcomes) => outcomes
+                .into_iter()
+                .map(|outcome| outcome.map_err(|e| e.to_string()))
+                .collect(),
+            Err(detail) => vec![Err(detail); targets.len()],
+        }
+    }
+
+    fn remember(&mut self, account: &str, folder: &str, id: &str) -> anyhow::Result<()> {
         self.state
-            .cache_folder(self.connector_id, account, folder, &id)
-            .map_err(|e| Transient(e.to_string()))?;
-        self.folders.insert(account.to_string(), id.clone());
-        Ok(id)
+            .cache_folder(self.connector_id, account, folder, id)?;
+        self.known_folders
+            .insert(account.to_string(), id.to_string());
+        Ok(())
     }
 
     fn forget_folder(&mut self, account: &str) -> anyhow::Result<()> {
-        self.folders.remove(account);
+        self.known_folders.remove(account);
         Ok(self.state.forget_folder(self.connector_id, account)?)
     }
 }
@@ -178,8 +253,13 @@ impl Destination<'_> {
 const IMPORT_BATCH: usize = 50;
 /// `Message-ID` lookups per request.
 const LOOKUP_BATCH: usize = 50;
-/// Uploads in flight at once.
-const CONCURRENT_UPLOADS: usize = 4;
+/// Requests to the mail server in flight at once, uploads and imports together (Cyrus takes
+/// five at once per user).
+const CONCURRENT_REQUESTS: usize = 4;
+/// `Email/import` requests in flight at once, of the requests above.
+const CONCURRENT_IMPORTS: usize = 2;
+/// Uploaded copies worth an `Email/import` request while uploads go on.
+const IMPORT_READY: usize = 50;
 
 /// A copy to deliver: an item for one user, in the user's account.
 #[derive(Clone)]
@@ -190,135 +270,122 @@ struct Copy {
     participant: Option<String>,
 }
 
-/// A copy uploaded and waiting for its account's next `Email/import`.
+/// A copy uploaded and waiting for an `Email/import`.
 struct Queued {
-    item: usize,
-    user: String,
-    participant: Option<String>,
+    copy: Copy,
     blob_id: String,
     mailbox: String,
 }
 
-/// One run's delivery: the items, the ledger of outcomes, and the copies queued per account.
-struct Importer<'a, 'c> {
-    state: &'a State<'a, SpinStore>,
-    run_id: String,
-    sealing: &'a Sealing<'a>,
-    connector_id: &'a str,
-    destination: Destination<'c>,
-    items: Vec<StagedItem>,
+/// What became of a step's copies: the ledger, and the users each item reached in this step.
+struct Outcomes {
     ledger: Ledger,
-    queued: BTreeMap<String, Vec<Queued>>,
+    delivered: Vec<Vec<String>>,
 }
 
-impl Importer<'_, '_> {
-    /// Records an outcome; a copy the user now holds goes into the item's delivery record
-    /// at once, so a crash later never delivers it twice.
-    fn settle(
-        &mut self,
-        item: usize,
-        user: &str,
-        participant: Option<String>,
-        outcome: CopyOutcome,
-    ) -> anyhow::Result<()> {
-        let staged = &mut self.items[item];
+impl Outcomes {
+    fn settle(&mut self, items: &[StagedItem], copy: &Copy, outcome: CopyOutcome) {
+        let id = &items[copy.item].message.id;
+        let participant = copy.participant.clone();
         if self
             .ledger
-            .settle(item, &staged.message.id, user, participant, outcome)
-            && !staged
-                .delivered_to
-                .iter()
-                .any(|d| d.eq_ignore_ascii_case(user))
+            .settle(copy.item, id, &copy.user, participant, outcome)
         {
-            staged.delivered_to.push(user.to_string());
-            self.state
-                .update_staged(self.connector_id, staged, self.sealing)?;
+            self.delivered[copy.item].push(copy.user.clone());
         }
-        Ok(())
     }
+}
 
-    /// Imports every queued copy: `Email/import` calls of up to [`IMPORT_BATCH`] emails for one
-    /// account's folder, as many calls per request as the server takes.
-    async fn flush(&mut self) -> anyhow::Result<()> {
-        // Renewed before importing: a step slowed by retries never outlives its lease, and a
-        // run that lost it imports nothing.
-        hold_lease(self.connector_id, &self.run_id)?;
-        let mut calls: Vec<(String, String, Vec<Queued>)> = Vec::new();
-        for (account, queued) in std::mem::take(&mut self.queued) {
-            let mut by_mailbox: BTreeMap<String, Vec<Queued>> = BTreeMap::new();
-            for copy in queued {
-                by_mailbox
-                    .entry(copy.mailbox.clone())
-                    .or_default()
-                    .push(copy);
+/// A request to the mail server finished.
+enum Done {
+    Uploaded(Copy, String, Result<Result<String, CopyOutcome>, Transient>),
+    /// Each copy's outcome, and whether its folder has gone.
+    Imported(Vec<(Copy, CopyOutcome, bool)>),
+}
+
+/// The step's items, each with its email's layout (none for an item with no one to deliver to).
+struct StepItems {
+    items: Vec<StagedItem>,
+    layouts: Vec<Option<EmailLayout>>,
+}
+
+/// Imports uploaded copies: `Email/import` calls of up to [`IMPORT_BATCH`] emails for one
+/// account's folder, as many calls per request as the server takes.
+async fn import(destination: &Destination<'_>, step: &StepItems, queued: Vec<Queued>) -> Done {
+    let mut calls: BTreeMap<(String, String), Vec<Queued>> = BTreeMap::new();
+    for copy in queued {
+        calls
+            .entry((copy.copy.account.clone(), copy.mailbox.clone()))
+            .or_default()
+            .push(copy);
+    }
+    let mut calls: Vec<((String, String), Vec<Queued>)> = calls
+        .into_iter()
+        .flat_map(|(target, mut copies)| {
+            let mut split = Vec::new();
+            while copies.len() > IMPORT_BATCH {
+                let rest = copies.split_off(IMPORT_BATCH);
+                split.push((target.clone(), std::mem::replace(&mut copies, rest)));
             }
-            for (mailbox, mut copies) in by_mailbox {
-                while !copies.is_empty() {
-                    let rest = copies.split_off(copies.len().min(IMPORT_BATCH));
-                    calls.push((account.clone(), mailbox.clone(), copies));
-                    copies = rest;
-                }
+            split.push((target, copies));
+            split
+        })
+        .collect();
+    let per_request = destination.session.max_calls_in_request.max(1);
+    let mut settled = Vec::new();
+    while !calls.is_empty() {
+        let rest = calls.split_off(calls.len().min(per_request));
+        let request: Vec<(String, String, Vec<ImportItem>)> = calls
+            .iter()
+            .map(|((account, mailbox), copies)| {
+                let items = copies
+                    .iter()
+                    .enumerate()
+                    .map(|(n, queued)| ImportItem {
+                        key: format!("e{n}"),
+                        blob_id: queued.blob_id.clone(),
+                        received_at: step.items[queued.copy.item].message.sent_at,
+                    })
+                    .collect();
+                (account.clone(), mailbox.clone(), items)
+            })
+            .collect();
+        let answer = match destination.call(jmap::import_calls_request(&request)).await {
+            Ok(body) => jmap::parse_import_calls(&body, request.len()).map_err(|e| e.to_string()),
+            Err(Transient(detail)) => Err(detail),
+        };
+        for (call, (_, copies)) in calls.into_iter().enumerate() {
+            for (n, queued) in copies.into_iter().enumerate() {
+                let (outcome, folder_gone) = match &answer {
+                    Err(detail) => (CopyOutcome::Transient(detail.clone()), false),
+                    Ok(outcomes) => copy_outcome(outcomes[call].get(&format!("e{n}"))),
+                };
+                settled.push((queued.copy, outcome, folder_gone));
             }
         }
-        let per_request = self.destination.session.max_calls_in_request.max(1);
-        while !calls.is_empty() {
-            let rest = calls.split_off(calls.len().min(per_request));
-            let request: Vec<(String, String, Vec<ImportItem>)> = calls
-                .iter()
-                .map(|(account, mailbox, copies)| {
-                    let items = copies
-                        .iter()
-                        .enumerate()
-                        .map(|(n, copy)| ImportItem {
-                            key: format!("e{n}"),
-                            blob_id: copy.blob_id.clone(),
-                            received_at: self.items[copy.item].message.sent_at,
-                        })
-                        .collect();
-                    (account.clone(), mailbox.clone(), items)
-                })
-                .collect();
-            let answer = match self
-                .destination
-                .call(jmap::import_calls_request(&request))
-                .await
-            {
-                Ok(body) => {
-                    jmap::parse_import_calls(&body, request.len()).map_err(|e| e.to_string())
-                }
-                Err(Transient(detail)) => Err(detail),
-            };
-            for (call, (account, _mailbox, copies)) in calls.into_iter().enumerate() {
-                for (n, copy) in copies.into_iter().enumerate() {
-                    let outcome = match &answer {
-                        Err(detail) => CopyOutcome::Transient(detail.clone()),
-                        Ok(outcomes) => match outcomes[call].get(&format!("e{n}")) {
-                            Some(ImportOutcome::Created(_)) => CopyOutcome::Imported,
-                            Some(ImportOutcome::AlreadyExists(_)) => CopyOutcome::Duplicate,
-                            Some(ImportOutcome::Refused(reason)) => CopyOutcome::Refused(
-                                NotImportedReason::DestinationRefused,
-                                reason.clone(),
-                            ),
-                            Some(ImportOutcome::Failed(reason)) => {
-                                if reason.contains("mailboxIds") {
-                                    // The folder is gone: found again next time.
-                                    self.destination.forget_folder(&account)?;
-                                }
-                                CopyOutcome::Transient(format!(
-                                    "the mail server did not import an email: {reason}"
-                                ))
-                            }
-                            None => CopyOutcome::Transient(
-                                "the mail server did not answer for an email".into(),
-                            ),
-                        },
-                    };
-                    self.settle(copy.item, &copy.user, copy.participant, outcome)?;
-                }
-            }
-            calls = rest;
-        }
-        Ok(())
+        calls = rest;
+    }
+    Done::Imported(settled)
+}
+
+/// What an `Email/import` answer means for the copy, and whether it says the folder has gone.
+fn copy_outcome(outcome: Option<&ImportOutcome>) -> (CopyOutcome, bool) {
+    match outcome {
+        Some(ImportOutcome::Created(_)) => (CopyOutcome::Imported, false),
+        Some(ImportOutcome::AlreadyExists(_)) => (CopyOutcome::Duplicate, false),
+        Some(ImportOutcome::Refused(reason)) => (
+            CopyOutcome::Refused(NotImportedReason::DestinationRefused, reason.clone()),
+            false,
+        ),
+        // A vanished folder is found again next time.
+        Some(ImportOutcome::Failed(reason)) => (
+            CopyOutcome::Transient(format!("the mail server did not import an email: {reason}")),
+            reason.contains("mailboxIds"),
+        ),
+        None => (
+            CopyOutcome::Transient("the mail server did not answer for an email".into()),
+            false,
+        ),
     }
 }
 
@@ -375,6 +442,10 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
 
     // The step's items: from the checkpoint on, as many as the limits allow.
     let mut items = Vec::new();
+    // Where each item is in the run's list, and the keys taken (a key listed twice is taken
+    // once).
+    let mut positions = Vec::new();
+    let mut taken = std::collections::BTreeSet::new();
     // Keys no longer staged, or archived by an attempt that stopped while purging them, are
     // done (their leftovers are purged again).
     let mut budget = StepBudget::default();
@@ -387,6 +458,9 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
             }
             let key = &page[position];
             position += 1;
+            if !taken.insert(key.clone()) {
+                continue;
+            }
             let archived = state.archived(connector_id, key)?.is_some();
             match state.staged(connector_id, key, &sealing)? {
                 Some(item) if archived => {
@@ -396,6 +470,7 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
                 Some(item) => {
                     let bytes = item.message.attachments.iter().map(|a| a.size).sum();
                     budget.spend(1, bytes);
+                    positions.push((page_n, position - 1));
                     items.push(item);
                 }
                 None => budget.spend(1, 0),
@@ -404,56 +479,53 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
         page_n += 1;
         position = 0;
     }
-    let ledger = Ledger::new(run_id, items.len(), run.figures, Vec::new(), Utc::now());
-    let mut importer = Importer {
+    let mut outcomes = Outcomes {
+        ledger: Ledger::new(run_id, items.len(), run.figures, Vec::new(), Utc::now()),
+        delivered: vec![Vec::new(); items.len()],
+    };
+    let mut destination = Destination {
+        config: &config,
+        session: Session::parse(&session_answer.body, &config.session_url)?,
+        known_folders: BTreeMap::new(),
         state: &state,
-        run_id: run_id.to_string(),
-        sealing: &sealing,
         connector_id,
-        destination: Destination {
-            config: &config,
-            session: Session::parse(&session_answer.body, &config.session_url)?,
-            folders: BTreeMap::new(),
-            state: &state,
-            connector_id,
-        },
-        items,
-        ledger,
-        queued: BTreeMap::new(),
     };
 
     // 1. Which copies to deliver: settle at once what needs no mail server.
     let now = Utc::now();
-    let mut layouts: Vec<Option<EmailLayout>> = Vec::with_capacity(importer.items.len());
+    let mut step = StepItems {
+        layouts: Vec::with_capacity(items.len()),
+        items: Vec::new(),
+    };
     let mut copies: Vec<Copy> = Vec::new();
-    for index in 0..importer.items.len() {
-        let delivery = rules.delivery(&importer.items[index].message);
+    for (index, item) in items.iter().enumerate() {
+        let delivery = rules.delivery(&item.message);
         if delivery.is_unmapped() {
-            let id = importer.items[index].message.id.clone();
-            importer.ledger.unmapped(&id, &delivery);
-            layouts.push(None);
+            outcomes.ledger.unmapped(&item.message.id, &delivery);
+            step.layouts.push(None);
             continue;
         }
         // Only the email's headers and text are built; attachments are streamed from staging
         // into each upload, a chunk at a time.
-        layouts.push(Some(email_layout(
-            &importer.items[index].message,
-            &rules,
-            &options,
-        )));
+        step.layouts
+            .push(Some(email_layout(&item.message, &rules, &options)));
         for recipient in &delivery.recipients {
-            importer.ledger.expect_copy();
-            let participant = recipient.as_participants.first().cloned();
-            let item = &importer.items[index];
+            outcomes.ledger.expect_copy();
             let user = recipient.email.clone();
+            let mut copy = Copy {
+                item: index,
+                account: String::new(),
+                user: user.clone(),
+                participant: recipient.as_participants.first().cloned(),
+            };
             let settled = if item
                 .delivered_to
                 .iter()
                 .any(|d| d.eq_ignore_ascii_case(&user))
             {
-                Some(CopyOutcome::Duplicate)
+                CopyOutcome::Duplicate
             } else if item.expired(now, config.retention) {
-                Some(CopyOutcome::Refused(
+                CopyOutcome::Refused(
                     NotImportedReason::StagingExpired,
                     format!(
                         "staged since {} and undelivered for longer than the {}-day retention; \
@@ -461,50 +533,46 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
                         item.staged_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
                         config.retention.num_days()
                     ),
-                ))
+                )
+            } else if let Some(account) = destination.session.account_for(&user) {
+                copy.account = account.to_string();
+                copies.push(copy);
+                continue;
             } else {
-                match importer.destination.session.account_for(&user) {
-                    Some(account) => {
-                        copies.push(Copy {
-                            item: index,
-                            account: account.to_string(),
-                            user,
-                            participant,
-                        });
-                        continue;
-                    }
-                    None => Some(CopyOutcome::Refused(
-                        NotImportedReason::NoSuchMailbox,
-                        format!(
-                            "the mail server has no mailbox {user} the service account may write to"
-                        ),
-                    )),
-                }
+                CopyOutcome::Refused(
+                    NotImportedReason::NoSuchMailbox,
+                    format!(
+                        "the mail server has no mailbox {user} the service account may write to"
+                    ),
+                )
             };
-            if let Some(outcome) = settled {
-                importer.settle(index, &user, participant, outcome)?;
-            }
+            outcomes.settle(&items, &copy, settled);
         }
     }
+    step.items = items;
 
-    // 2. Copies a mailbox already holds (an earlier attempt stopped before it was recorded, or
-    //    a replayed window): looked up by Message-ID, many per request.
-    let mut to_upload = Vec::with_capacity(copies.len());
-    let per_request = LOOKUP_BATCH.min(importer.destination.session.max_calls_in_request.max(1));
-    for batch in copies.chunks(per_request) {
+    // 2. Copies a mailbox may hold already: those of items an earlier run had (kept for a
+    //    later attempt or carried over from a run that stopped) and of items this run began
+    //    to deliver in a step that stopped before it recorded them. Looked up by Message-ID,
+    //    many per request; the others are uploaded at once.
+    let begun = run.progress.delivering;
+    let (suspect, mut to_upload): (Vec<Copy>, Vec<Copy>) = copies.into_iter().partition(|c| {
+        step.items[c.item].run != run_id || begun.is_some_and(|end| positions[c.item] < end)
+    });
+    let per_request = LOOKUP_BATCH.min(destination.session.max_calls_in_request.max(1));
+    for batch in suspect.chunks(per_request) {
         let lookups: Vec<(String, String)> = batch
             .iter()
             .map(|c| {
                 let id = message_id(
                     options.connector_id,
-                    &importer.items[c.item].message.id,
+                    &step.items[c.item].message.id,
                     options.address_domain,
                 );
                 (c.account.clone(), id)
             })
             .collect();
-        let found = match importer
-            .destination
+        let found = match destination
             .call(jmap::find_messages_request(&lookups))
             .await
         {
@@ -513,87 +581,55 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
         };
         for (n, copy) in batch.iter().enumerate() {
             match &found {
-                Ok(found) if found[n] => importer.settle(
-                    copy.item,
-                    &copy.user,
-                    copy.participant.clone(),
-                    CopyOutcome::Duplicate,
-                )?,
+                Ok(found) if found[n] => outcomes.settle(&step.items, copy, CopyOutcome::Duplicate),
                 Ok(_) => to_upload.push(copy.clone()),
-                Err(detail) => importer.settle(
-                    copy.item,
-                    &copy.user,
-                    copy.participant.clone(),
-                    CopyOutcome::Transient(detail.clone()),
-                )?,
+                Err(detail) => {
+                    outcomes.settle(&step.items, copy, CopyOutcome::Transient(detail.clone()))
+                }
             }
         }
     }
 
-    // 3. Uploads, several at once but never two into one account (a server may serialise an
-    //    account's uploads, and Cyrus answers 404 to one of two first uploads racing to create
-    //    the account's upload area), each streaming its attachments from staging; imported by
-    //    `Email/import` per account as they add up.
-    for wave in waves(to_upload, |copy| copy.account.clone(), CONCURRENT_UPLOADS) {
-        let wave = wave.as_slice();
-        let mut mailboxes = Vec::with_capacity(wave.len());
-        for copy in wave {
-            mailboxes.push(
-                importer
-                    .destination
-                    .folder(&copy.account, &connector.folder)
-                    .await,
-            );
-        }
-        let uploads = wave.iter().map(|copy| {
-            let email = StagedEmail {
-                layout: layouts[copy.item]
-                    .as_ref()
-                    .expect("a delivered item has its layout"),
-                item: &importer.items[copy.item],
-                state: &state,
-                sealing: &sealing,
-                connector_id,
-            };
-            upload(&importer.destination, &copy.account, email)
-        });
-        let uploaded = futures::future::join_all(uploads).await;
-        for ((copy, mailbox), uploaded) in wave.iter().zip(mailboxes).zip(uploaded) {
-            let prepared = match (mailbox, uploaded) {
-                (Err(Transient(detail)), _) | (_, Err(Transient(detail))) => {
-                    Err(CopyOutcome::Transient(detail))
-                }
-                (_, Ok(Err(outcome))) => Err(outcome),
-                (Ok(mailbox), Ok(Ok(blob_id))) => Ok((mailbox, blob_id)),
-            };
-            match prepared {
-                Err(outcome) => {
-                    importer.settle(copy.item, &copy.user, copy.participant.clone(), outcome)?
-                }
-                Ok((mailbox, blob_id)) => {
-                    let queue = importer.queued.entry(copy.account.clone()).or_default();
-                    queue.push(Queued {
-                        item: copy.item,
-                        user: copy.user.clone(),
-                        participant: copy.participant.clone(),
-                        blob_id,
-                        mailbox,
-                    });
-                }
-            }
-        }
+    // 3. Each account's folder, then uploads and imports overlapped.
+    let mut accounts: Vec<&str> = to_upload.iter().map(|c| c.account.as_str()).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    let folders = destination.folders(&accounts, &connector.folder).await?;
+    if !to_upload.is_empty() {
+        run.progress.delivering = Some((page_n, position)).max(run.progress.delivering);
+        state.put_run(&run)?;
     }
-    importer.flush().await?;
-    let mut kept = Vec::new();
-    for (index, item) in importer.items.iter().enumerate() {
-        if importer.ledger.is_kept(index) {
-            kept.push(item.key.clone());
-        } else {
-            state.archive(connector_id, item, Utc::now())?;
-        }
+    let stale = deliver(
+        &destination,
+        &step,
+        &folders,
+        to_upload,
+        &mut outcomes,
+        (&state, &sealing, connector_id, run_id),
+    )
+    .await?;
+    for account in stale {
+        destination.forget_folder(&account)?;
     }
+
+    // 4. Delivered items leave staging; the others wait for the next run, with the users they
+    //    reached recorded.
+    let (mut kept, mut delivered) = (Vec::new(), Vec::new());
+    for (index, item) in step.items.iter().enumerate() {
+        if !outcomes.ledger.is_kept(index) {
+            delivered.push(item);
+            continue;
+        }
+        if !outcomes.delivered[index].is_empty() {
+            let mut item = item.clone();
+            item.delivered_to.append(&mut outcomes.delivered[index]);
+            state.update_staged(connector_id, &item, &sealing)?;
+        }
+        kept.push(item.key.clone());
+    }
+    state.archive_many(connector_id, &delivered, Utc::now())?;
     state.append_pending(connector_id, &kept)?;
-    let ledger = importer.ledger;
+    let ledger = outcomes.ledger;
     state.append_not_imported(&mut run, &ledger.not_imported)?;
     run.figures = ledger.figures;
     if let Some(detail) = ledger.transient {
@@ -619,6 +655,113 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
             Ok(run.view())
         }
     }
+}
+
+/// Uploads the copies, never two into one account at once (a server may serialise an
+/// account's uploads, and Cyrus answers 404 to one of two first uploads racing to create the
+/// account's upload area), each streaming its attachments from staging, while what is uploaded
+/// is imported: [`CONCURRENT_REQUESTS`] requests in flight. Returns the accounts whose folder
+/// has gone.
+async fn deliver(
+    destination: &Destination<'_>,
+    step: &StepItems,
+    folders: &BTreeMap<String, Result<String, String>>,
+    copies: Vec<Copy>,
+    outcomes: &mut Outcomes,
+    (state, sealing, connector_id, run_id): (&State<'_, SpinStore>, &Sealing<'_>, &str, &str),
+) -> anyhow::Result<Vec<String>> {
+    let mut lanes = Lanes::new(copies, |copy: &Copy| copy.account.clone());
+    let mut in_flight = FuturesUnordered::new();
+    let (mut uploading, mut importing) = (0, 0);
+    // Uploaded copies of the accounts being uploaded to, and of the accounts finished: an
+    // account's copies are imported together, in as few calls as can be.
+    let mut uploaded: BTreeMap<String, Vec<Queued>> = BTreeMap::new();
+    let mut ready: Vec<Queued> = Vec::new();
+    let mut stale = Vec::new();
+    loop {
+        // An import once enough copies wait for one, or when no upload is left.
+        let uploads_done = uploading == 0 && !lanes.has_ready();
+        if importing < CONCURRENT_IMPORTS
+            && !ready.is_empty()
+            && (ready.len() >= IMPORT_READY || uploads_done)
+        {
+            // Renewed before importing: a step slowed by retries never outlives its lease,
+            // and a run that lost it imports nothing.
+            hold_lease(connector_id, run_id)?;
+            let batch = std::mem::take(&mut ready);
+            in_flight.push(import(destination, step, batch).boxed_local());
+            importing += 1;
+        }
+        while in_flight.len() < CONCURRENT_REQUESTS {
+            let Some((account, copy)) = lanes.take() else {
+                break;
+            };
+            let mailbox = match folders.get(&account) {
+                Some(Ok(mailbox)) => mailbox.clone(),
+                failed => {
+                    let detail = match failed {
+                        Some(Err(detail)) => detail.clone(),
+                        _ => format!("no folder looked up for account {account}"),
+                    };
+                    outcomes.settle(&step.items, &copy, CopyOutcome::Transient(detail));
+                    if lanes.release(&account) {
+                        ready.extend(uploaded.remove(&account).unwrap_or_default());
+                    }
+                    continue;
+                }
+            };
+            let email = StagedEmail {
+                layout: step.layouts[copy.item]
+                    .as_ref()
+                    .expect("a delivered item has its layout"),
+                item: &step.items[copy.item],
+                state,
+                sealing,
+                connector_id,
+            };
+            in_flight.push(
+                async move {
+                    let result = upload(destination, &copy.account, email).await;
+                    Done::Uploaded(copy, mailbox, result)
+                }
+                .boxed_local(),
+            );
+            uploading += 1;
+        }
+        let Some(done) = in_flight.next().await else {
+            break;
+        };
+        match done {
+            Done::Uploaded(copy, mailbox, result) => {
+                uploading -= 1;
+                let account = copy.account.clone();
+                match result {
+                    Ok(Ok(blob_id)) => uploaded.entry(account.clone()).or_default().push(Queued {
+                        copy,
+                        blob_id,
+                        mailbox,
+                    }),
+                    Ok(Err(outcome)) => outcomes.settle(&step.items, &copy, outcome),
+                    Err(Transient(detail)) => {
+                        outcomes.settle(&step.items, &copy, CopyOutcome::Transient(detail))
+                    }
+                }
+                if lanes.release(&account) {
+                    ready.extend(uploaded.remove(&account).unwrap_or_default());
+                }
+            }
+            Done::Imported(settled) => {
+                importing -= 1;
+                for (copy, outcome, folder_gone) in settled {
+                    if folder_gone && !stale.contains(&copy.account) {
+                        stale.push(copy.account.clone());
+                    }
+                    outcomes.settle(&step.items, &copy, outcome);
+                }
+            }
+        }
+    }
+    Ok(stale)
 }
 
 /// Renews the run's lease, or stops: another run holds the connector now.

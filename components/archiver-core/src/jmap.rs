@@ -25,6 +25,12 @@ pub enum JmapError {
     },
 }
 
+/// One method call's answer, or its method-level error.
+pub type CallResult<T> = Result<T, JmapError>;
+
+/// A folder creation's outcome: the new mailbox's id, or the server's refusal.
+pub type FolderCreation = Result<String, String>;
+
 fn bad(what: impl std::fmt::Display) -> JmapError {
     JmapError::BadAnswer(what.to_string())
 }
@@ -113,23 +119,33 @@ pub struct Mailbox {
     pub parent_id: Option<String>,
 }
 
-/// `Mailbox/get` of every mailbox of the account.
-pub fn mailboxes_request(account_id: &str) -> Value {
-    json!({
-        "using": USING,
-        "methodCalls": [["Mailbox/get", {
-            "accountId": account_id, "ids": null, "properties": ["id", "name", "parentId"]
-        }, "m"]]
-    })
+/// `Mailbox/get` of every mailbox of each account, one call per account in one request.
+pub fn mailboxes_request(accounts: &[&str]) -> Value {
+    let calls: Vec<Value> = accounts
+        .iter()
+        .enumerate()
+        .map(|(n, account)| {
+            json!(["Mailbox/get", {
+                "accountId": account, "ids": null, "properties": ["id", "name", "parentId"]
+            }, format!("m{n}")])
+        })
+        .collect();
+    json!({ "using": USING, "methodCalls": calls })
 }
 
 /// The responses of a JMAP request, each checked for a method-level error.
 fn responses(body: &[u8]) -> Result<Vec<(String, Value)>, JmapError> {
+    each_response(body)?.into_iter().collect()
+}
+
+/// The responses of a JMAP request, each its result or its method-level error: one account's
+/// error leaves the other calls' answers usable.
+fn each_response(body: &[u8]) -> Result<Vec<CallResult<(String, Value)>>, JmapError> {
     let value: Value = serde_json::from_slice(body).map_err(bad)?;
     let calls = value["methodResponses"]
         .as_array()
         .ok_or_else(|| bad("no methodResponses"))?;
-    calls
+    Ok(calls
         .iter()
         .map(|call| {
             let name = call[0].as_str().unwrap_or_default().to_string();
@@ -145,15 +161,33 @@ fn responses(body: &[u8]) -> Result<Vec<(String, Value)>, JmapError> {
             }
             Ok((name, call[1].clone()))
         })
-        .collect()
+        .collect())
 }
 
-pub fn parse_mailboxes(body: &[u8]) -> Result<Vec<Mailbox>, JmapError> {
-    let (_, result) = responses(body)?
+/// The answers of a request of `count` calls, one per call; fewer or more is an error.
+fn answers_of(body: &[u8], count: usize, what: &str) -> Result<Vec<CallResult<Value>>, JmapError> {
+    let answers = each_response(body)?;
+    if answers.len() != count {
+        return Err(bad(format!(
+            "{count} {what} calls answered {} times",
+            answers.len()
+        )));
+    }
+    Ok(answers
         .into_iter()
-        .next()
-        .ok_or_else(|| bad("empty Mailbox/get answer"))?;
-    serde_json::from_value(result["list"].clone()).map_err(bad)
+        .map(|answer| answer.map(|(_, result)| result))
+        .collect())
+}
+
+/// Each account's mailboxes, in the order of [`mailboxes_request`], or its call's error.
+pub fn parse_mailboxes(
+    body: &[u8],
+    count: usize,
+) -> Result<Vec<CallResult<Vec<Mailbox>>>, JmapError> {
+    Ok(answers_of(body, count, "Mailbox/get")?
+        .into_iter()
+        .map(|answer| serde_json::from_value(answer?["list"].clone()).map_err(bad))
+        .collect())
 }
 
 /// The segments of a folder name when it must be a hierarchy.
@@ -183,59 +217,80 @@ pub fn find_folder(mailboxes: &[Mailbox], folder: &str) -> Option<String> {
     parent.map(|m| m.id.clone())
 }
 
-/// `Mailbox/set` creating the folder: as one mailbox, or (`as_hierarchy`) as the missing levels
-/// of its path, reusing the levels that exist.
+/// `Mailbox/set` calls creating the folder in each account (with the mailboxes it has): as one
+/// mailbox, or (`as_hierarchy`) as the missing levels of its path, reusing the levels that
+/// exist. Creation ids are unique in the request (`a{account}f{level}`), as JMAP requires.
 pub fn create_folder_request(
-    account_id: &str,
-    mailboxes: &[Mailbox],
+    accounts: &[(&str, &[Mailbox])],
     folder: &str,
     as_hierarchy: bool,
 ) -> Value {
-    let mut create = serde_json::Map::new();
-    if as_hierarchy {
-        let mut parent: Option<Value> = None;
-        let mut existing_parent: Option<String> = None;
-        for (level, segment) in segments(folder).into_iter().enumerate() {
-            let found = match (&parent, &existing_parent) {
-                (None, parent_id) => mailboxes
-                    .iter()
-                    .find(|m| m.parent_id == *parent_id && m.name == segment),
-                _ => None,
-            };
-            if let Some(found) = found {
-                existing_parent = Some(found.id.clone());
-                continue;
-            }
-            let key = format!("f{level}");
-            let parent_id = parent
-                .clone()
-                .or_else(|| existing_parent.clone().map(Value::String))
-                .unwrap_or(Value::Null);
-            create.insert(
-                key.clone(),
-                json!({ "name": segment, "parentId": parent_id, "isSubscribed": true }),
-            );
-            parent = Some(Value::String(format!("#{key}")));
-        }
-    } else {
-        create.insert(
-            "f0".into(),
-            json!({ "name": folder, "parentId": null, "isSubscribed": true }),
-        );
-    }
-    json!({
-        "using": USING,
-        "methodCalls": [["Mailbox/set", { "accountId": account_id, "create": create }, "c"]]
-    })
+    let calls: Vec<Value> = accounts
+        .iter()
+        .enumerate()
+        .map(|(n, (account, mailboxes))| {
+            let create = folder_creation(n, mailboxes, folder, as_hierarchy);
+            json!(["Mailbox/set", { "accountId": account, "create": create }, format!("c{n}")])
+        })
+        .collect();
+    json!({ "using": USING, "methodCalls": calls })
 }
 
-/// The outcome of a folder creation: the id of the deepest mailbox created, or the server's
-/// refusal (`invalidProperties` for a name it does not take).
-pub fn parse_create_folder(body: &[u8]) -> Result<Result<String, String>, JmapError> {
-    let (_, result) = responses(body)?
+fn folder_creation(
+    account: usize,
+    mailboxes: &[Mailbox],
+    folder: &str,
+    as_hierarchy: bool,
+) -> serde_json::Map<String, Value> {
+    let mut create = serde_json::Map::new();
+    if !as_hierarchy {
+        create.insert(
+            format!("a{account}f0"),
+            json!({ "name": folder, "parentId": null, "isSubscribed": true }),
+        );
+        return create;
+    }
+    let mut parent: Option<Value> = None;
+    let mut existing_parent: Option<String> = None;
+    for (level, segment) in segments(folder).into_iter().enumerate() {
+        let found = match (&parent, &existing_parent) {
+            (None, parent_id) => mailboxes
+                .iter()
+                .find(|m| m.parent_id == *parent_id && m.name == segment),
+            _ => None,
+        };
+        if let Some(found) = found {
+            existing_parent = Some(found.id.clone());
+            continue;
+        }
+        let key = format!("a{account}f{level}");
+        let parent_id = parent
+            .clone()
+            .or_else(|| existing_parent.clone().map(Value::String))
+            .unwrap_or(Value::Null);
+        create.insert(
+            key.clone(),
+            json!({ "name": segment, "parentId": parent_id, "isSubscribed": true }),
+        );
+        parent = Some(Value::String(format!("#{key}")));
+    }
+    create
+}
+
+/// The outcome of each folder creation of [`create_folder_request`], in order: the id of the
+/// deepest mailbox created, or the server's refusal (`invalidProperties` for a name it does not
+/// take), or the call's error.
+pub fn parse_create_folder(
+    body: &[u8],
+    count: usize,
+) -> Result<Vec<CallResult<FolderCreation>>, JmapError> {
+    Ok(answers_of(body, count, "Mailbox/set")?
         .into_iter()
-        .next()
-        .ok_or_else(|| bad("empty Mailbox/set answer"))?;
+        .map(|answer| created_folder(&answer?))
+        .collect())
+}
+
+fn created_folder(result: &Value) -> CallResult<FolderCreation> {
     if let Some(refused) = result["notCreated"]
         .as_object()
         .and_then(|m| m.values().next())
@@ -247,9 +302,14 @@ pub fn parse_create_folder(body: &[u8]) -> Result<Result<String, String>, JmapEr
     let created = result["created"]
         .as_object()
         .ok_or_else(|| bad("Mailbox/set created nothing"))?;
+    let level = |key: &str| {
+        key.rsplit_once('f')
+            .and_then(|(_, level)| level.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
     let deepest = created
         .keys()
-        .max_by_key(|k| k.trim_start_matches('f').parse::<u32>().unwrap_or(0))
+        .max_by_key(|k| level(k))
         .and_then(|k| created[k]["id"].as_str())
         .ok_or_else(|| bad("Mailbox/set created no id"))?;
     Ok(Ok(deepest.to_string()))
@@ -481,27 +541,51 @@ mod tests {
     }
 
     #[test]
-    fn creates_only_the_missing_levels() {
+    fn creates_only_the_missing_levels_in_each_account() {
         let folder = "AT&T SMS/MMS Network Archiver";
-        let request = create_folder_request("a", &[], folder, true);
-        let create = &request["methodCalls"][0][1]["create"];
-        assert_eq!(create["f0"]["name"], "AT&T SMS");
-        assert_eq!(create["f1"]["parentId"], "#f0");
         let existing = [mailbox("3", "AT&T SMS", None)];
-        let request = create_folder_request("a", &existing, folder, true);
-        let create = &request["methodCalls"][0][1]["create"];
-        assert!(create.get("f0").is_none());
-        assert_eq!(create["f1"]["parentId"], "3");
-        let flat = create_folder_request("a", &[], folder, false);
-        assert_eq!(flat["methodCalls"][0][1]["create"]["f0"]["name"], folder);
+        let request = create_folder_request(&[("a", &[]), ("b", &existing)], folder, true);
+        let calls = request["methodCalls"].as_array().unwrap();
+        let create = &calls[0][1]["create"];
+        assert_eq!(create["a0f0"]["name"], "AT&T SMS");
+        assert_eq!(create["a0f1"]["parentId"], "#a0f0");
+        let create = &calls[1][1]["create"];
+        assert_eq!(calls[1][1]["accountId"], "b");
+        assert!(create.get("a1f0").is_none());
+        assert_eq!(create["a1f1"]["parentId"], "3");
+        let flat = create_folder_request(&[("a", &[])], folder, false);
+        assert_eq!(flat["methodCalls"][0][1]["create"]["a0f0"]["name"], folder);
 
-        let created = br#"{"methodResponses":[["Mailbox/set",{"created":{"f0":{"id":"P"},"f1":{"id":"C"}}},"c"]]}"#;
-        assert_eq!(parse_create_folder(created).unwrap(), Ok("C".into()));
-        let refused = br#"{"methodResponses":[["Mailbox/set",{"notCreated":{"f0":{"type":"serverFail","description":"Invalid mailbox name"}}},"c"]]}"#;
+        let answer = br#"{"methodResponses":[
+            ["Mailbox/set",{"created":{"a0f0":{"id":"P"},"a0f1":{"id":"C"}}},"c0"],
+            ["Mailbox/set",{"notCreated":{"a1f1":{"type":"serverFail","description":"Invalid mailbox name"}}},"c1"],
+            ["error",{"type":"accountNotFound"},"c2"]]}"#;
+        let outcomes = parse_create_folder(answer, 3).unwrap();
+        assert_eq!(outcomes[0], Ok(Ok("C".into())));
         assert_eq!(
-            parse_create_folder(refused).unwrap(),
-            Err("serverFail Invalid mailbox name".into())
+            outcomes[1],
+            Ok(Err("serverFail Invalid mailbox name".into()))
         );
+        assert!(matches!(outcomes[2], Err(JmapError::MethodError { .. })));
+        assert!(
+            parse_create_folder(answer, 2).is_err(),
+            "an unexpected answer"
+        );
+    }
+
+    #[test]
+    fn lists_the_mailboxes_of_several_accounts_in_one_request() {
+        let request = mailboxes_request(&["a", "b"]);
+        let calls = request["methodCalls"].as_array().unwrap();
+        assert_eq!(calls[1][1]["accountId"], "b");
+        assert_eq!(calls[1][2], "m1");
+        let answer = br#"{"methodResponses":[
+            ["Mailbox/get",{"list":[{"id":"1","name":"Inbox","parentId":null}]},"m0"],
+            ["error",{"type":"forbidden"},"m1"]]}"#;
+        let lists = parse_mailboxes(answer, 2).unwrap();
+        assert_eq!(lists[0], Ok(vec![mailbox("1", "Inbox", None)]));
+        assert!(lists[1].is_err());
+        assert!(parse_mailboxes(answer, 1).is_err());
     }
 
     #[test]

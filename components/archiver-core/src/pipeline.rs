@@ -80,33 +80,56 @@ impl StepBudget {
     }
 }
 
-/// `items` in waves of at most `width`, no two items of a wave with the same key, the keys
-/// taken in turn: work that may run at once but never twice at once for one key (one mailbox).
-pub fn waves<T, K: Ord>(items: Vec<T>, key: impl Fn(&T) -> K, width: usize) -> Vec<Vec<T>> {
-    let mut by_key: std::collections::BTreeMap<K, std::collections::VecDeque<T>> =
-        std::collections::BTreeMap::new();
-    for item in items {
-        by_key.entry(key(&item)).or_default().push_back(item);
+/// Work grouped by key (a mailbox) and handed out one item per key at a time: as much at once
+/// as the caller likes, but never two items of one key at once. A key's items go one after
+/// another, so each key is finished as early as it can be.
+#[derive(Debug)]
+pub struct Lanes<T, K> {
+    queues: std::collections::BTreeMap<K, std::collections::VecDeque<T>>,
+    /// Keys with work and none in flight, in the order they get their next turn.
+    ready: std::collections::VecDeque<K>,
+}
+
+impl<T, K: Ord + Clone> Lanes<T, K> {
+    pub fn new(items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> K) -> Lanes<T, K> {
+        let mut queues: std::collections::BTreeMap<K, std::collections::VecDeque<T>> =
+            std::collections::BTreeMap::new();
+        for item in items {
+            queues.entry(key(&item)).or_default().push_back(item);
+        }
+        let ready = queues.keys().cloned().collect();
+        Lanes { queues, ready }
     }
-    let width = width.max(1);
-    let mut waves = Vec::new();
-    let mut wave = Vec::with_capacity(width);
-    while !by_key.is_empty() {
-        by_key.retain(|_, queue| {
-            if let Some(item) = queue.pop_front() {
-                wave.push(item);
-                if wave.len() == width {
-                    waves.push(std::mem::take(&mut wave));
-                }
+
+    /// The next item of the next key with none in flight; its key is busy until
+    /// [`Lanes::release`]d.
+    pub fn take(&mut self) -> Option<(K, T)> {
+        let key = self.ready.pop_front()?;
+        let queue = self.queues.get_mut(&key)?;
+        let item = queue.pop_front()?;
+        Some((key, item))
+    }
+
+    /// `key`'s item is done: the key's next item, if any, goes next, so a key's items go one
+    /// after another and the key is finished early. Returns whether the key is finished.
+    pub fn release(&mut self, key: &K) -> bool {
+        match self.queues.get(key) {
+            Some(queue) if !queue.is_empty() => {
+                self.ready.push_front(key.clone());
+                false
             }
-            !queue.is_empty()
-        });
-        // Each turn takes one item per key: a wave left open at its end is closed there.
-        if !wave.is_empty() {
-            waves.push(std::mem::take(&mut wave));
+            Some(_) => {
+                self.queues.remove(key);
+                true
+            }
+            None => true,
         }
     }
-    waves
+
+    /// Whether an item may be taken now.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
 }
 
 /// The `[since, until)` window of a run: from the watermark (minus the overlap) to `until`.
@@ -462,23 +485,49 @@ mod tests {
     }
 
     #[test]
-    fn waves_never_hold_one_key_twice_and_lose_nothing() {
+    fn lanes_never_hand_out_one_key_twice_at_once_and_lose_nothing() {
         let items: Vec<(char, u32)> = "aaaaabbbcd"
             .chars()
             .enumerate()
             .map(|(n, c)| (c, n as u32))
             .collect();
-        let made = waves(items.clone(), |item| item.0, 3);
-        for wave in &made {
-            assert!(wave.len() <= 3);
-            let mut keys: Vec<char> = wave.iter().map(|i| i.0).collect();
-            keys.sort();
-            keys.dedup();
-            assert_eq!(keys.len(), wave.len(), "{wave:?}");
+        let mut lanes = Lanes::new(items.clone(), |item| item.0);
+        let mut in_flight: Vec<(char, (char, u32))> = Vec::new();
+        let mut done = Vec::new();
+        let mut round = 0;
+        loop {
+            while in_flight.len() < 3 {
+                let Some(taken) = lanes.take() else { break };
+                assert!(
+                    in_flight.iter().all(|(key, _)| *key != taken.0),
+                    "{taken:?} while {in_flight:?}"
+                );
+                in_flight.push(taken);
+            }
+            if in_flight.is_empty() {
+                break;
+            }
+            // Finish the oldest, or the newest every other round: out of order.
+            round += 1;
+            let (key, item) = in_flight.remove(if round % 2 == 0 {
+                0
+            } else {
+                in_flight.len() - 1
+            });
+            let finished = lanes.release(&key);
+            done.push(item);
+            // Finished exactly when its last item is done.
+            let left = items.iter().filter(|i| i.0 == key).count();
+            let seen = done.iter().filter(|i| i.0 == key).count();
+            assert_eq!(finished, seen == left, "{key}");
         }
-        let mut all: Vec<(char, u32)> = made.into_iter().flatten().collect();
-        all.sort_by_key(|i| i.1);
-        assert_eq!(all, items);
-        assert!(waves(Vec::<u8>::new(), |i| *i, 4).is_empty());
+        assert!(!lanes.has_ready());
+        // Each key's items in their order.
+        let a: Vec<u32> = done.iter().filter(|i| i.0 == 'a').map(|i| i.1).collect();
+        assert_eq!(a, [0, 1, 2, 3, 4]);
+        done.sort_by_key(|i| i.1);
+        assert_eq!(done, items);
+        let mut empty = Lanes::new(Vec::<u8>::new(), |i| *i);
+        assert!(empty.take().is_none());
     }
 }

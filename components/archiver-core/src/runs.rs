@@ -121,6 +121,11 @@ pub struct Progress {
     /// Item pages whose import is finished, and items of the next page imported.
     pub imported_pages: usize,
     pub imported_position: usize,
+    /// Where the items end (page, position) whose copies an import step began to upload:
+    /// one of the items before may be in its mailbox already (the step stopped before it
+    /// recorded it), so their copies are looked up before they are uploaded again.
+    #[serde(default)]
+    pub delivering: Option<(usize, usize)>,
     /// The last destination failure of the run, if any copy failed transiently.
     pub transient: Option<String>,
     /// Steps taken, fetch and import together.

@@ -1,14 +1,22 @@
 //! Secrets at rest and at the door: AEAD sealing with the `staging_key`, and the admin token
 //! compared in constant time.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::Aes256Gcm;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use chacha20poly1305::XChaCha20Poly1305;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use subtle::ConstantTimeEq;
 
-/// Bytes of an AES-GCM nonce; the caller draws them at random for every sealing.
-pub const NONCE_BYTES: usize = 12;
+/// Bytes of a nonce; the caller draws them at random for every sealing (24 bytes: random
+/// nonces never repeat in practice, however many values are sealed).
+pub const NONCE_BYTES: usize = 24;
+
+/// The first byte of a sealed value: XChaCha20-Poly1305. Values sealed with AES-256-GCM before
+/// (a 12-byte nonce first, no such byte) still open.
+const SEALED_XCHACHA: u8 = 2;
+const LEGACY_NONCE_BYTES: usize = 12;
+const TAG_BYTES: usize = 16;
 
 /// A 256-bit key. Its `Debug` never shows the key.
 #[derive(Clone)]
@@ -39,7 +47,7 @@ impl std::str::FromStr for SecretKey {
 }
 
 /// Encrypts and authenticates `plaintext`, bound to `owner` (e.g. the connector id) so a sealed
-/// value copied to another owner does not open. Returns base64 of nonce and ciphertext.
+/// value copied to another owner does not open. Returns base64 of the sealed bytes.
 pub fn seal(key: &SecretKey, nonce: [u8; NONCE_BYTES], owner: &str, plaintext: &[u8]) -> String {
     BASE64.encode(seal_bytes(key, nonce, owner, plaintext))
 }
@@ -50,45 +58,52 @@ pub fn open(key: &SecretKey, owner: &str, sealed: &str) -> Result<Vec<u8>, Secre
     open_bytes(key, owner, &bytes)
 }
 
-/// Bytes [`seal_bytes`] adds to a plaintext: the nonce and the authentication tag.
-pub const SEAL_OVERHEAD: usize = NONCE_BYTES + 16;
+/// Bytes [`seal_bytes`] adds to a plaintext: the format byte, the nonce and the tag.
+pub const SEAL_OVERHEAD: usize = 1 + NONCE_BYTES + TAG_BYTES;
 
-/// [`seal`] without base64: nonce and ciphertext as raw bytes, for binary values.
+/// [`seal`] without base64: format byte, nonce and ciphertext as raw bytes, for binary values.
 pub fn seal_bytes(
     key: &SecretKey,
     nonce: [u8; NONCE_BYTES],
     owner: &str,
     plaintext: &[u8],
 ) -> Vec<u8> {
-    let cipher = Aes256Gcm::new((&key.0).into());
+    let cipher = XChaCha20Poly1305::new((&key.0).into());
     let payload = Payload {
         msg: plaintext,
         aad: owner.as_bytes(),
     };
-    // Encryption fails only for inputs beyond AES-GCM's 64 GiB limit, which no caller has.
-    let ciphertext = cipher
-        .encrypt(Nonce::from_slice(&nonce), payload)
-        .unwrap_or_default();
-    let mut sealed = nonce.to_vec();
+    // Encryption fails only for inputs beyond the cipher's 256 GiB limit, which no caller has.
+    let ciphertext = cipher.encrypt((&nonce).into(), payload).unwrap_or_default();
+    let mut sealed = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
+    sealed.push(SEALED_XCHACHA);
+    sealed.extend_from_slice(&nonce);
     sealed.extend_from_slice(&ciphertext);
     sealed
 }
 
-/// Opens what [`seal_bytes`] produced for the same key and owner.
+/// Opens what [`seal_bytes`] produced for the same key and owner (or, before it, sealed with
+/// AES-256-GCM).
 pub fn open_bytes(key: &SecretKey, owner: &str, sealed: &[u8]) -> Result<Vec<u8>, SecretError> {
-    if sealed.len() < SEAL_OVERHEAD {
+    let payload = |msg| Payload {
+        msg,
+        aad: owner.as_bytes(),
+    };
+    if sealed.len() >= SEAL_OVERHEAD && sealed[0] == SEALED_XCHACHA {
+        let (nonce, ciphertext) = sealed[1..].split_at(NONCE_BYTES);
+        let cipher = XChaCha20Poly1305::new((&key.0).into());
+        if let Ok(plain) = cipher.decrypt(nonce.into(), payload(ciphertext)) {
+            return Ok(plain);
+        }
+    }
+    // Not the current format: a value sealed before it, whose random nonce may begin with
+    // any byte. Its tag decides.
+    if sealed.len() < LEGACY_NONCE_BYTES + TAG_BYTES {
         return Err(SecretError::CannotOpen);
     }
-    let (nonce, ciphertext) = sealed.split_at(NONCE_BYTES);
-    let cipher = Aes256Gcm::new((&key.0).into());
-    cipher
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: ciphertext,
-                aad: owner.as_bytes(),
-            },
-        )
+    let (nonce, ciphertext) = sealed.split_at(LEGACY_NONCE_BYTES);
+    Aes256Gcm::new((&key.0).into())
+        .decrypt(nonce.into(), payload(ciphertext))
         .map_err(|_| SecretError::CannotOpen)
 }
 
@@ -132,6 +147,37 @@ mod tests {
         );
         assert_eq!(
             open(&key(), "att-main", "not base64!"),
+            Err(SecretError::CannotOpen)
+        );
+    }
+
+    /// A value sealed the earlier way: AES-256-GCM, its 12-byte nonce first.
+    fn legacy_sealed(nonce: [u8; LEGACY_NONCE_BYTES], owner: &str, plain: &[u8]) -> Vec<u8> {
+        let cipher = Aes256Gcm::new((&key().0).into());
+        let payload = Payload {
+            msg: plain,
+            aad: owner.as_bytes(),
+        };
+        let mut sealed = nonce.to_vec();
+        sealed.extend(cipher.encrypt((&nonce).into(), payload).unwrap());
+        sealed
+    }
+
+    #[test]
+    fn values_sealed_with_aes_gcm_before_still_open() {
+        let sealed = seal_bytes(&key(), [9; NONCE_BYTES], "o", b"new");
+        assert_eq!(sealed[0], SEALED_XCHACHA);
+        assert_eq!(sealed.len(), SEAL_OVERHEAD + 3);
+        // Any first byte, the current format's included.
+        for first in [0u8, SEALED_XCHACHA, 0xff] {
+            let mut nonce = [5; LEGACY_NONCE_BYTES];
+            nonce[0] = first;
+            let old = legacy_sealed(nonce, "o", b"staged before");
+            assert_eq!(open_bytes(&key(), "o", &old).unwrap(), b"staged before");
+            assert_eq!(open_bytes(&key(), "p", &old), Err(SecretError::CannotOpen));
+        }
+        assert_eq!(
+            open_bytes(&key(), "o", &[SEALED_XCHACHA; 10]),
             Err(SecretError::CannotOpen)
         );
     }

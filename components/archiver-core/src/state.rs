@@ -77,6 +77,19 @@ pub trait KeyValue {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Sets many keys, in one round trip where the store can. Not atomic: a failure may leave
+    /// some set.
+    fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        entries
+            .iter()
+            .try_for_each(|(key, value)| self.set(key, value))
+    }
+
+    /// Deletes many keys, in one round trip where the store can. Not atomic either.
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        keys.iter().try_for_each(|key| self.delete(key))
+    }
 }
 
 /// Where the mapping in effect lives.
@@ -640,18 +653,34 @@ impl<K: KeyValue> State<'_, K> {
         item: &StagedItem,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let archived = ArchivedItem {
-            run: item.run.clone(),
-            at,
-        };
-        self.write(&archived_key(id, &item.key), &archived)?;
-        for (index, chunks) in item.attachment_chunks.iter().enumerate() {
-            for n in 0..*chunks {
-                self.kv
-                    .delete(&attachment_chunk_key(id, &item.key, index, n))?;
+        self.archive_many(id, &[item], at)
+    }
+
+    /// [`State::archive`] for many items at once: their archive records first, then their
+    /// staged values, each in one batch. Stopped between the two, the items read as archived
+    /// and still staged, which the import purges again.
+    pub fn archive_many(
+        &self,
+        id: &str,
+        items: &[&StagedItem],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut records = Vec::with_capacity(items.len());
+        let mut staged = Vec::with_capacity(items.len());
+        for item in items {
+            let archived = ArchivedItem {
+                run: item.run.clone(),
+                at,
+            };
+            let value = serde_json::to_vec(&archived).map_err(|e| StoreError(e.to_string()))?;
+            records.push((archived_key(id, &item.key), value));
+            for (index, chunks) in item.attachment_chunks.iter().enumerate() {
+                staged.extend((0..*chunks).map(|n| attachment_chunk_key(id, &item.key, index, n)));
             }
+            staged.push(staged_key(id, &item.key));
         }
-        self.kv.delete(&staged_key(id, &item.key))
+        self.kv.set_many(&records)?;
+        self.kv.delete_many(&staged)
     }
 
     pub fn archived(&self, id: &str, item: &str) -> Result<Option<ArchivedItem>, StoreError> {

@@ -98,30 +98,43 @@ pub async fn measure(
     let session = Session::parse(&session, session_url)?;
     // Folders first: the measurement is of uploads and imports only.
     let mut work: Vec<Vec<(String, String, Vec<Bytes>)>> = vec![Vec::new(); workers.max(1)];
-    for (n, (user, copies)) in emails.into_iter().enumerate() {
+    let mut accounts = Vec::new();
+    for (user, copies) in emails {
         let account = session
             .account_for(&user)
             .with_context(|| format!("no mailbox {user}"))?
             .to_string();
-        let mailboxes = jmap::parse_mailboxes(
+        accounts.push((account, copies));
+    }
+    let mut n = 0;
+    for batch in accounts.chunks(session.max_calls_in_request) {
+        let names: Vec<&str> = batch.iter().map(|(account, _)| account.as_str()).collect();
+        let lists = jmap::parse_mailboxes(
             &connection
-                .call(&session.api_url, jmap::mailboxes_request(&account))
+                .call(&session.api_url, jmap::mailboxes_request(&names))
                 .await?,
+            names.len(),
         )?;
-        let mailbox = match jmap::find_folder(&mailboxes, folder) {
-            Some(id) => id,
-            None => {
-                let created = connection
-                    .call(
-                        &session.api_url,
-                        jmap::create_folder_request(&account, &mailboxes, folder, false),
-                    )
-                    .await?;
-                jmap::parse_create_folder(&created)?.map_err(anyhow::Error::msg)?
-            }
-        };
-        let slot = n % work.len();
-        work[slot].push((account, mailbox, copies));
+        let lists = lists.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let targets: Vec<(&str, &[jmap::Mailbox])> = names
+            .iter()
+            .zip(&lists)
+            .map(|(name, list)| (*name, list.as_slice()))
+            .collect();
+        let created = jmap::parse_create_folder(
+            &connection
+                .call(
+                    &session.api_url,
+                    jmap::create_folder_request(&targets, folder, false),
+                )
+                .await?,
+            targets.len(),
+        )?;
+        for ((account, copies), created) in batch.iter().zip(created) {
+            let mailbox = created?.map_err(anyhow::Error::msg)?;
+            work[n % workers.max(1)].push((account.clone(), mailbox, copies.clone()));
+            n += 1;
+        }
     }
     let started = Instant::now();
     let mut tasks = Vec::new();

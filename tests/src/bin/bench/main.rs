@@ -30,6 +30,8 @@ const TOKEN: &str = "bench-admin-token";
 /// 2026-11-26T02:00:00Z: the timer; the day is the 24 hours before it.
 const TIMER: u64 = 1_795_658_400;
 const SERVICE_PASSWORD: &str = "archiverpw";
+/// Messages per user on the day before the measured one.
+const WARM_UP_PER_USER: usize = 4;
 
 struct Options {
     sizes: Vec<usize>,
@@ -117,12 +119,21 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
         options.users
     );
     let day = day::generate(messages, options.users, seed, &options.domain, since);
+    // The day before, archived first: the measured run is a day like any after the first,
+    // with the users' folders made and their mailboxes used to uploads (so is the ceiling's).
+    let day_before = day::generate(
+        WARM_UP_PER_USER * options.users,
+        options.users,
+        seed ^ 0x5eed,
+        &options.domain,
+        since - 86_400,
+    );
 
     let source = SourceSimulator::start("bench", "bench-password").await;
-    for message in &day.messages {
+    for message in day.messages.iter().chain(&day_before.messages) {
         source.add_message(message.clone());
     }
-    for attachment in &day.attachments {
+    for attachment in day.attachments.iter().chain(&day_before.attachments) {
         source.add_attachment(
             &attachment.id,
             attachment.content_type,
@@ -161,12 +172,22 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
     )
     .await?;
 
+    eprintln!(
+        "[bench] the day before: {} messages",
+        day_before.messages.len()
+    );
+    app.fire_cron("archive-fetch", TIMER - 86_400)
+        .await?
+        .map_err(|e| anyhow::anyhow!("the day before failed: {e}\n{}", app.logs()))?;
     eprintln!("[bench] pipeline: timer run of {messages} messages");
     let started = Instant::now();
     app.fire_cron("archive-fetch", TIMER)
         .await?
         .map_err(|e| anyhow::anyhow!("the run failed: {e}\n{}", app.logs()))?;
     let total = started.elapsed();
+    for line in app.logs().lines().filter(|l| l.contains("[prof]")) {
+        eprintln!("{line}");
+    }
     let status = admin(
         &app,
         "GET",
