@@ -1094,7 +1094,28 @@ impl App {
                 body: Bytes::from_static(b"Not Found"),
             });
         };
-        let guest = self.shared.guests[&component].clone();
+        self.invoke(&component, request).await
+    }
+
+    /// Sends `request` to `component` as another component of the app does, through
+    /// `http://{component}.spin.internal`: its private routes too.
+    pub async fn send_internal(
+        &self,
+        component: &str,
+        request: http::Request<Bytes>,
+    ) -> anyhow::Result<TestResponse> {
+        if !self.shared.guests.contains_key(component) {
+            anyhow::bail!("no component {component}");
+        }
+        self.invoke(component, request).await
+    }
+
+    async fn invoke(
+        &self,
+        component: &str,
+        request: http::Request<Bytes>,
+    ) -> anyhow::Result<TestResponse> {
+        let guest = self.shared.guests[component].clone();
         let (parts, body) = request.into_parts();
         let request = http::Request::from_parts(parts, Full::new(body));
         let response = invoke_http(&self.shared, &guest, request, 0).await?;

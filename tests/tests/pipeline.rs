@@ -836,7 +836,7 @@ async fn an_attachment_with_wrong_bytes_is_reported_and_retried_never_archived_w
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_at_any_key_value_write_loses_nothing_and_duplicates_nothing() {
     let jmap = Jmap::connect().await;
-    let mut crash_points = 0;
+    let (mut crash_points, mut redone_steps, mut redone_after_delivery) = (0, 0, 0);
     for writes_before_crash in 0.. {
         let source = SourceSimulator::start("att-admin", "archive-password").await;
         let item = unique(&format!("c{writes_before_crash}"));
@@ -864,6 +864,44 @@ async fn a_crash_at_any_key_value_write_loses_nothing_and_duplicates_nothing() {
             break; // past the last write: every crash point was tried
         }
         crash_points += 1;
+        // A stopped import step may be sent again within its run (as a driver retrying it
+        // would): it must not deliver again what it delivered before it stopped.
+        let runs = admin(
+            &app,
+            "GET",
+            "/api/connectors/att-crash/runs",
+            "application/json",
+            String::new(),
+        )
+        .await;
+        let run = &runs["runs"][0];
+        if run["state"] == "running" && run["progress"]["phase"] == "import" {
+            redone_steps += 1;
+            let held = folder_contents(&jmap, "grace@acme.example")
+                .await
+                .contains_key(&item);
+            let uploads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counted = uploads.clone();
+            app.rewrite_outbound("http://127.0.0.1:18080/jmap/upload/", 1, move |_| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                None
+            });
+            let step =
+                http::Request::post(format!("/import/att-crash/{}", run["id"].as_str().unwrap()))
+                    .body(Bytes::new())
+                    .unwrap();
+            let answer = app.send_internal("archive-import", step).await.unwrap();
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            if held {
+                redone_after_delivery += 1;
+                assert_eq!(
+                    uploads.load(std::sync::atomic::Ordering::SeqCst),
+                    0,
+                    "the step redone after a crash at write {writes_before_crash} uploaded \
+                     again a copy the mailbox held"
+                );
+            }
+        }
         // The stopped run's lease runs out before the next run.
         expire_lease(&app, "att-crash");
         let second = app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap();
@@ -889,6 +927,11 @@ async fn a_crash_at_any_key_value_write_loses_nothing_and_duplicates_nothing() {
     assert!(
         crash_points >= 10,
         "only {crash_points} crash points were tried"
+    );
+    assert!(redone_steps >= 3, "only {redone_steps} import steps redone");
+    assert!(
+        redone_after_delivery >= 1,
+        "no step was redone after its copy was delivered"
     );
 }
 

@@ -12,7 +12,7 @@ use archiver_core::jmap::{
 };
 use archiver_core::ledger::{CopyOutcome, Ledger};
 use archiver_core::phone::Region;
-use archiver_core::pipeline::{Lanes, StagedItem, StepBudget, StepLimits};
+use archiver_core::pipeline::{Lanes, StagedItem, StepBudget, StepLimits, may_be_delivered};
 use archiver_core::resolve::MappingRules;
 use archiver_core::runs::{NotImportedReason, Phase, Run, RunState};
 use archiver_core::secrets::SecretKey;
@@ -556,9 +556,9 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
     //    to deliver in a step that stopped before it recorded them. Looked up by Message-ID,
     //    many per request; the others are uploaded at once.
     let begun = run.progress.delivering;
-    let (suspect, mut to_upload): (Vec<Copy>, Vec<Copy>) = copies.into_iter().partition(|c| {
-        step.items[c.item].run != run_id || begun.is_some_and(|end| positions[c.item] < end)
-    });
+    let (suspect, mut to_upload): (Vec<Copy>, Vec<Copy>) = copies
+        .into_iter()
+        .partition(|c| may_be_delivered(&step.items[c.item], run_id, positions[c.item], begun));
     let per_request = LOOKUP_BATCH.min(destination.session.max_calls_in_request.max(1));
     for batch in suspect.chunks(per_request) {
         let lookups: Vec<(String, String)> = batch

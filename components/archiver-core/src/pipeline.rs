@@ -132,6 +132,19 @@ impl<T, K: Ord + Clone> Lanes<T, K> {
     }
 }
 
+/// Whether a copy of an item may be in its mailbox already, so it is looked up before it is
+/// uploaded: the item came from an earlier run (kept for a later attempt, or carried over from
+/// a run that stopped), or sits before `delivering`, where a step of this run began uploading
+/// (a step redone after it stopped). Any other item is met for the first time.
+pub fn may_be_delivered(
+    item: &StagedItem,
+    run_id: &str,
+    position: (usize, usize),
+    delivering: Option<(usize, usize)>,
+) -> bool {
+    item.run != run_id || delivering.is_some_and(|end| position < end)
+}
+
 /// The `[since, until)` window of a run: from the watermark (minus the overlap) to `until`.
 pub fn window(
     watermark: Option<DateTime<Utc>>,
@@ -482,6 +495,28 @@ mod tests {
         assert_eq!(parts.len(), 4);
         assert_eq!(parts[0].0, at("2026-11-26T00:00:00Z"));
         assert_eq!(parts[3], (at("2026-11-29T00:00:00Z"), until));
+    }
+
+    #[test]
+    fn only_items_an_earlier_attempt_had_are_looked_up() {
+        let item = StagedItem {
+            key: "k".into(),
+            run: "r2".into(),
+            message: crate::testing::message(&crate::testing::sms_record()),
+            attachment_chunks: Vec::new(),
+            delivered_to: Vec::new(),
+            staged_at: None,
+        };
+        assert!(!may_be_delivered(&item, "r2", (0, 5), None));
+        assert!(
+            may_be_delivered(&item, "r3", (0, 5), None),
+            "an earlier run's"
+        );
+        // A step of r2 began uploading the items before page 1, position 2.
+        assert!(may_be_delivered(&item, "r2", (0, 900), Some((1, 2))));
+        assert!(may_be_delivered(&item, "r2", (1, 1), Some((1, 2))));
+        assert!(!may_be_delivered(&item, "r2", (1, 2), Some((1, 2))));
+        assert!(!may_be_delivered(&item, "r2", (2, 0), Some((1, 2))));
     }
 
     #[test]
