@@ -148,6 +148,21 @@ struct Shared {
     outbound_rewrites: Mutex<Vec<(String, usize, RewriteFn)>>,
     /// The largest linear memory any instance of each component reached, in bytes.
     peak_memory: Mutex<BTreeMap<String, usize>>,
+    /// Plain-HTTP outbound connections, kept alive and shared by all instances of the app, as
+    /// Spin keeps them (TLS goes through a fresh connection each time).
+    http_client: PooledClient,
+}
+
+type PooledClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    HyperOutgoingBody,
+>;
+
+fn pooled_client() -> PooledClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
 }
 
 /// A crash the test asked for: the invocation was stopped at a key-value write.
@@ -329,9 +344,30 @@ impl WasiHttpHooks for Outbound {
                     http::Request::from_parts(parts, full_body(body.to_vec()))
                 }
             };
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            let io: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> = Box::new(io);
-            Ok((response.map(BodyExt::boxed_unsync), io))
+            if request.uri().scheme() != Some(&http::uri::Scheme::HTTP) {
+                let (response, io) =
+                    wasmtime_wasi_http::default_send_request(request, options).await?;
+                let io: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                    Box::new(io);
+                return Ok((response.map(BodyExt::boxed_unsync), io));
+            }
+            let response =
+                shared
+                    .http_client
+                    .request(request)
+                    .await
+                    .map_err(|e| match e.is_connect() {
+                        true => wasmtime_wasi_http::Error::Connect(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionRefused,
+                            e.to_string(),
+                        )),
+                        false => wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
+                    })?;
+            let response =
+                response.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
+            let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                Box::new(async { Ok(()) });
+            Ok((response, done))
         })
     }
 }
@@ -1006,6 +1042,7 @@ impl AppBuilder {
             outbound_faults: Mutex::new(Vec::new()),
             outbound_rewrites: Mutex::new(Vec::new()),
             peak_memory: Mutex::new(BTreeMap::new()),
+            http_client: pooled_client(),
         });
         Ok(App {
             manifest,

@@ -9,7 +9,8 @@
 //!   transaction, so it holds between concurrent invocations;
 //! - variables (`fermyon:spin/variables@2.0.0`): defaults, `required`, `{{ template }}` bindings,
 //!   overrides as `SPIN_VARIABLE_*` would give them;
-//! - outbound HTTP through `wasmtime-wasi-http` with `allowed_outbound_hosts` enforced, and
+//! - outbound HTTP through `wasmtime-wasi-http` with `allowed_outbound_hosts` enforced, plain-HTTP
+//!   connections kept alive and reused across instances as current Spin does, and
 //!   `http://<component>.spin.internal` served in-process (local service chaining);
 //! - the HTTP trigger with Spin's routing (exact, then longest wildcard; private routes only by
 //!   chaining) and its `spin-*` headers; the cron trigger's `handle-cron-event`;
