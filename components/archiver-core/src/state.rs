@@ -292,8 +292,11 @@ impl<'a, K: KeyValue> State<'a, K> {
     pub fn mapping(&self, id: &str, region: Region) -> Result<MappingTable, StoreError> {
         match self.mapping_csv(id)? {
             None => Ok(MappingTable::default()),
-            Some(csv) => parse_mapping_csv(csv.as_bytes(), region)
-                .map_err(|e| StoreError(format!("stored mapping of {id}: {e}"))),
+            Some(csv) => match MappingTable::from_stored_csv(&csv) {
+                Some(table) => Ok(table),
+                None => parse_mapping_csv(csv.as_bytes(), region)
+                    .map_err(|e| StoreError(format!("stored mapping of {id}: {e}"))),
+            },
         }
     }
 
