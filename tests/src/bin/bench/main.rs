@@ -3,7 +3,7 @@
 //! `scripts/bench` (which starts a mail server with the day's users) or, with one running:
 //!
 //! ```text
-//! cargo run --release -p archiver-tests --bin bench -- [--sizes 2000,20000] [--users 500]
+//! cargo run --profile bench-host -p archiver-tests --bin bench -- [--sizes 2000,20000] [--users 500]
 //!     [--seed 7] [--workers 4] [--mail http://127.0.0.1:18180] [--domain bench.example]
 //! ```
 //!
