@@ -7,6 +7,10 @@ use std::sync::Mutex;
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 
+const UPSERT: &str = "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+     ON CONFLICT (store, key) DO UPDATE SET value = excluded.value";
+const DELETE: &str = "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2";
+
 /// The store behind every label of one app (Spin's `.spin/sqlite_key_value.db`).
 pub struct KvBackend {
     connection: Mutex<Connection>,
@@ -62,33 +66,17 @@ impl KvBackend {
     }
 
     pub fn set(&self, store: &str, key: &str, value: &[u8]) -> anyhow::Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-                params![store, key, value],
-            )
-            .map(drop)
-        })
+        self.with(|c| c.execute(UPSERT, params![store, key, value]).map(drop))
     }
 
     pub fn delete(&self, store: &str, key: &str) -> anyhow::Result<()> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                params![store, key],
-            )
-            .map(drop)
-        })
+        self.with(|c| c.execute(DELETE, params![store, key]).map(drop))
     }
 
     /// Sets many keys in one transaction, as Spin's SQLite store does a `wasi:keyvalue` batch.
     pub fn set_many(&self, store: &str, entries: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
         self.in_transaction(|t| {
-            let mut statement = t.prepare_cached(
-                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-            )?;
+            let mut statement = t.prepare_cached(UPSERT)?;
             for (key, value) in entries {
                 statement.execute(params![store, key, value])?;
             }
@@ -99,8 +87,7 @@ impl KvBackend {
     /// Deletes many keys in one transaction.
     pub fn delete_many(&self, store: &str, keys: &[String]) -> anyhow::Result<()> {
         self.in_transaction(|t| {
-            let mut statement =
-                t.prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2")?;
+            let mut statement = t.prepare_cached(DELETE)?;
             for key in keys {
                 statement.execute(params![store, key])?;
             }
@@ -146,11 +133,7 @@ impl KvBackend {
         if current.as_deref() != expected {
             return Ok(false);
         }
-        transaction.execute(
-            "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-             ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-            params![store, key, value],
-        )?;
+        transaction.execute(UPSERT, params![store, key, value])?;
         transaction.commit()?;
         Ok(true)
     }

@@ -7,12 +7,12 @@ use archive_host::{SpinStore, send_stream, send_within};
 use archiver_core::email::{
     EmailLayout, EmailOptions, EmailStream, StreamError, email_layout, message_id,
 };
-use archiver_core::jmap::{
-    self, ImportItem, ImportOutcome, Mailbox, Session, create_folder_request, find_folder,
-};
+use archiver_core::jmap::{self, ImportItem, Mailbox, Session, create_folder_request, find_folder};
 use archiver_core::ledger::{CopyOutcome, Ledger};
 use archiver_core::phone::Region;
-use archiver_core::pipeline::{Lanes, StagedItem, StepBudget, StepLimits, may_be_delivered};
+use archiver_core::pipeline::{
+    Lanes, StagedItem, StepBudget, StepLimits, import_calls, may_be_delivered,
+};
 use archiver_core::resolve::MappingRules;
 use archiver_core::runs::{NotImportedReason, Phase, Run, RunState};
 use archiver_core::secrets::SecretKey;
@@ -312,25 +312,11 @@ struct StepItems {
 /// Imports uploaded copies: `Email/import` calls of up to [`IMPORT_BATCH`] emails for one
 /// account's folder, as many calls per request as the server takes.
 async fn import(destination: &Destination<'_>, step: &StepItems, queued: Vec<Queued>) -> Done {
-    let mut calls: BTreeMap<(String, String), Vec<Queued>> = BTreeMap::new();
-    for copy in queued {
-        calls
-            .entry((copy.copy.account.clone(), copy.mailbox.clone()))
-            .or_default()
-            .push(copy);
-    }
-    let mut calls: Vec<((String, String), Vec<Queued>)> = calls
-        .into_iter()
-        .flat_map(|(target, mut copies)| {
-            let mut split = Vec::new();
-            while copies.len() > IMPORT_BATCH {
-                let rest = copies.split_off(IMPORT_BATCH);
-                split.push((target.clone(), std::mem::replace(&mut copies, rest)));
-            }
-            split.push((target, copies));
-            split
-        })
-        .collect();
+    let mut calls = import_calls(
+        queued,
+        |copy| (copy.copy.account.clone(), copy.mailbox.clone()),
+        IMPORT_BATCH,
+    );
     let per_request = destination.session.max_calls_in_request.max(1);
     let mut settled = Vec::new();
     while !calls.is_empty() {
@@ -358,7 +344,7 @@ async fn import(destination: &Destination<'_>, step: &StepItems, queued: Vec<Que
             for (n, queued) in copies.into_iter().enumerate() {
                 let (outcome, folder_gone) = match &answer {
                     Err(detail) => (CopyOutcome::Transient(detail.clone()), false),
-                    Ok(outcomes) => copy_outcome(outcomes[call].get(&format!("e{n}"))),
+                    Ok(outcomes) => CopyOutcome::of_import(outcomes[call].get(&format!("e{n}"))),
                 };
                 settled.push((queued.copy, outcome, folder_gone));
             }
@@ -366,27 +352,6 @@ async fn import(destination: &Destination<'_>, step: &StepItems, queued: Vec<Que
         calls = rest;
     }
     Done::Imported(settled)
-}
-
-/// What an `Email/import` answer means for the copy, and whether it says the folder has gone.
-fn copy_outcome(outcome: Option<&ImportOutcome>) -> (CopyOutcome, bool) {
-    match outcome {
-        Some(ImportOutcome::Created(_)) => (CopyOutcome::Imported, false),
-        Some(ImportOutcome::AlreadyExists(_)) => (CopyOutcome::Duplicate, false),
-        Some(ImportOutcome::Refused(reason)) => (
-            CopyOutcome::Refused(NotImportedReason::DestinationRefused, reason.clone()),
-            false,
-        ),
-        // A vanished folder is found again next time.
-        Some(ImportOutcome::Failed(reason)) => (
-            CopyOutcome::Transient(format!("the mail server did not import an email: {reason}")),
-            reason.contains("mailboxIds"),
-        ),
-        None => (
-            CopyOutcome::Transient("the mail server did not answer for an email".into()),
-            false,
-        ),
-    }
 }
 
 /// One import step of a run: the run's next items, at most the step limits' worth, delivered

@@ -401,17 +401,10 @@ pub fn parse_import_calls(
     body: &[u8],
     count: usize,
 ) -> Result<Vec<BTreeMap<String, ImportOutcome>>, JmapError> {
-    let outcomes: Vec<_> = responses(body)?
-        .iter()
-        .map(|(_, result)| import_outcomes(result))
-        .collect();
-    if outcomes.len() != count {
-        return Err(bad(format!(
-            "{count} Email/import calls answered {} times",
-            outcomes.len()
-        )));
-    }
-    Ok(outcomes)
+    answers_of(body, count, "Email/import")?
+        .into_iter()
+        .map(|answer| answer.map(|result| import_outcomes(&result)))
+        .collect()
 }
 
 fn import_outcomes(result: &Value) -> BTreeMap<String, ImportOutcome> {
@@ -479,17 +472,12 @@ pub fn find_messages_request(lookups: &[(String, String)]) -> Value {
 /// For each lookup of [`find_messages_request`], in order, whether the email is there. An
 /// answer that does not cover every lookup is an error: nothing is assumed absent.
 pub fn parse_find_messages(body: &[u8], count: usize) -> Result<Vec<bool>, JmapError> {
-    let found: Vec<bool> = responses(body)?
+    answers_of(body, count, "Email/query")?
         .into_iter()
-        .map(|(_, result)| result["ids"].as_array().is_some_and(|ids| !ids.is_empty()))
-        .collect();
-    if found.len() != count {
-        return Err(bad(format!(
-            "{count} lookups answered {} times",
-            found.len()
-        )));
-    }
-    Ok(found)
+        .map(|answer| {
+            answer.map(|result| result["ids"].as_array().is_some_and(|ids| !ids.is_empty()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

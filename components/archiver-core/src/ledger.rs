@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::jmap::ImportOutcome;
 use crate::resolve::Delivery;
 use crate::runs::{Figures, NotImported, NotImportedReason};
 
@@ -17,6 +18,32 @@ pub enum CopyOutcome {
     Refused(NotImportedReason, String),
     /// May succeed later (server down, 5xx): the item stays staged.
     Transient(String),
+}
+
+impl CopyOutcome {
+    /// What the mail server's answer for one email of an `Email/import` means for the copy
+    /// (none: the server left it out), and whether the answer says the folder has gone, so
+    /// that it is looked up again next time.
+    pub fn of_import(answer: Option<&ImportOutcome>) -> (CopyOutcome, bool) {
+        match answer {
+            Some(ImportOutcome::Created(_)) => (CopyOutcome::Imported, false),
+            Some(ImportOutcome::AlreadyExists(_)) => (CopyOutcome::Duplicate, false),
+            Some(ImportOutcome::Refused(reason)) => (
+                CopyOutcome::Refused(NotImportedReason::DestinationRefused, reason.clone()),
+                false,
+            ),
+            Some(ImportOutcome::Failed(reason)) => (
+                CopyOutcome::Transient(format!(
+                    "the mail server did not import an email: {reason}"
+                )),
+                reason.contains("mailboxIds"),
+            ),
+            None => (
+                CopyOutcome::Transient("the mail server did not answer for an email".into()),
+                false,
+            ),
+        }
+    }
 }
 
 /// The outcomes of one run's import.
@@ -125,6 +152,33 @@ mod tests {
     use crate::mapping::MappingTable;
     use crate::resolve::MappingRules;
     use crate::testing::{message, sms_record};
+
+    #[test]
+    fn import_answers_become_copy_outcomes() {
+        let of = |answer: ImportOutcome| CopyOutcome::of_import(Some(&answer));
+        assert_eq!(
+            of(ImportOutcome::Created("E".into())).0,
+            CopyOutcome::Imported
+        );
+        assert_eq!(
+            of(ImportOutcome::AlreadyExists("E".into())).0,
+            CopyOutcome::Duplicate
+        );
+        assert!(matches!(
+            of(ImportOutcome::Refused("invalidEmail".into())).0,
+            CopyOutcome::Refused(NotImportedReason::DestinationRefused, _)
+        ));
+        let (outcome, folder_gone) = of(ImportOutcome::Failed(
+            "invalidProperties (mailboxIds)".into(),
+        ));
+        assert!(matches!(outcome, CopyOutcome::Transient(_)) && folder_gone);
+        let (outcome, folder_gone) = of(ImportOutcome::Failed("serverFail".into()));
+        assert!(matches!(outcome, CopyOutcome::Transient(_)) && !folder_gone);
+        assert!(matches!(
+            CopyOutcome::of_import(None),
+            (CopyOutcome::Transient(_), false)
+        ));
+    }
 
     fn ledger(items: usize) -> Ledger {
         let at = "2026-11-26T02:00:00Z".parse().unwrap();

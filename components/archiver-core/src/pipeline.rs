@@ -132,6 +132,30 @@ impl<T, K: Ord + Clone> Lanes<T, K> {
     }
 }
 
+/// Copies grouped into `Email/import` calls: one target (account and folder) per call, at
+/// most `per_call` copies each, in target order.
+pub fn import_calls<T, K: Ord + Clone>(
+    copies: Vec<T>,
+    target: impl Fn(&T) -> K,
+    per_call: usize,
+) -> Vec<(K, Vec<T>)> {
+    let mut by_target: std::collections::BTreeMap<K, Vec<T>> = std::collections::BTreeMap::new();
+    for copy in copies {
+        by_target.entry(target(&copy)).or_default().push(copy);
+    }
+    let mut calls = Vec::new();
+    for (target, copies) in by_target {
+        let mut copies = copies.into_iter().peekable();
+        while copies.peek().is_some() {
+            calls.push((
+                target.clone(),
+                copies.by_ref().take(per_call.max(1)).collect(),
+            ));
+        }
+    }
+    calls
+}
+
 /// Whether a copy of an item may be in its mailbox already, so it is looked up before it is
 /// uploaded: the item came from an earlier run (kept for a later attempt, or carried over from
 /// a run that stopped), or sits before `delivering`, where a step of this run began uploading
@@ -495,6 +519,21 @@ mod tests {
         assert_eq!(parts.len(), 4);
         assert_eq!(parts[0].0, at("2026-11-26T00:00:00Z"));
         assert_eq!(parts[3], (at("2026-11-29T00:00:00Z"), until));
+    }
+
+    #[test]
+    fn import_calls_hold_one_target_and_at_most_the_batch() {
+        let copies: Vec<(char, u32)> = "abababa".chars().zip(0..).collect();
+        let calls = import_calls(copies, |c| c.0, 3);
+        let shape: Vec<(char, Vec<u32>)> = calls
+            .into_iter()
+            .map(|(target, copies)| (target, copies.into_iter().map(|c| c.1).collect()))
+            .collect();
+        assert_eq!(
+            shape,
+            [('a', vec![0, 2, 4]), ('a', vec![6]), ('b', vec![1, 3, 5])]
+        );
+        assert!(import_calls(Vec::<u8>::new(), |c| *c, 50).is_empty());
     }
 
     #[test]
