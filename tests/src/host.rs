@@ -1256,6 +1256,17 @@ impl App {
             .store(ticks(deadline), Ordering::SeqCst);
     }
 
+    /// Records from now on every key-value read of a key starting with `prefix`, by any
+    /// component; [`App::kv_reads`] tells them.
+    pub fn watch_kv_reads(&self, prefix: &str) {
+        self.shared.kv.watch_reads(prefix);
+    }
+
+    /// The keys read under the prefix given to [`App::watch_kv_reads`], in order.
+    pub fn kv_reads(&self) -> Vec<String> {
+        self.shared.kv.watched_reads()
+    }
+
     /// Lets `writes` more key-value writes (sets and deletes) succeed, then traps the invocation
     /// that attempts the next one, as a process killed at that point. `None` disarms.
     pub fn crash_after_kv_writes(&self, writes: Option<u64>) {

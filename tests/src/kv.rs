@@ -14,6 +14,8 @@ const DELETE: &str = "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2";
 /// The store behind every label of one app (Spin's `.spin/sqlite_key_value.db`).
 pub struct KvBackend {
     connection: Mutex<Connection>,
+    /// Keys read under a watched prefix, in order (see [`KvBackend::watch_reads`]).
+    watched: Mutex<Option<(String, Vec<String>)>>,
 }
 
 /// The host side of an open `store` (fermyon) or `bucket` (wasi) resource.
@@ -43,6 +45,7 @@ impl KvBackend {
         )?;
         Ok(KvBackend {
             connection: Mutex::new(connection),
+            watched: Mutex::new(None),
         })
     }
 
@@ -54,7 +57,32 @@ impl KvBackend {
         Ok(f(&connection)?)
     }
 
+    /// From now on, records every read of a key starting with `prefix` (replacing what was
+    /// recorded before).
+    pub fn watch_reads(&self, prefix: &str) {
+        if let Ok(mut watched) = self.watched.lock() {
+            *watched = Some((prefix.to_string(), Vec::new()));
+        }
+    }
+
+    /// The keys read under the watched prefix, in order.
+    pub fn watched_reads(&self) -> Vec<String> {
+        match self.watched.lock() {
+            Ok(watched) => watched
+                .as_ref()
+                .map(|(_, keys)| keys.clone())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     pub fn get(&self, store: &str, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        if let Ok(mut watched) = self.watched.lock()
+            && let Some((prefix, keys)) = watched.as_mut()
+            && key.starts_with(prefix.as_str())
+        {
+            keys.push(key.to_string());
+        }
         self.with(|c| {
             c.query_row(
                 "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",

@@ -1006,6 +1006,51 @@ async fn a_mail_server_error_keeps_the_item_staged_until_it_is_delivered_once() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_group_mms_is_read_from_staging_once_for_all_its_copies() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let item = unique("g");
+    // Three staged chunks of 256 KiB.
+    let photo = attachment(&source, "g-photo", "photo.jpg", "image/jpeg", 700_000);
+    source.add_message(message(
+        &item,
+        "mms",
+        "outbound",
+        "2026-11-25T07:00:00Z",
+        "2026-11-25T07:00:01Z",
+        heidi(),
+        vec![grace()],
+        None,
+        "Photo for the two of us",
+        vec![photo],
+    ));
+    let app = archiver(&source);
+    let connector = "att-group";
+    create_connector(&app, &source, connector).await;
+    app.watch_kv_reads(&format!("stage/{connector}/"));
+
+    assert_eq!(app.fire_cron("archive-fetch", TIMER).await.unwrap(), Ok(()));
+    for user in ["heidi@acme.example", "grace@acme.example"] {
+        assert!(
+            folder_contents(&jmap, user).await.contains_key(&item),
+            "{user} has no copy"
+        );
+    }
+    // Each chunk was read once, for both uploads together.
+    let chunk_reads: Vec<String> = app
+        .kv_reads()
+        .into_iter()
+        .filter(|key| key.split('/').count() == 5)
+        .collect();
+    assert_eq!(chunk_reads.len(), 3, "{chunk_reads:?}");
+    let mut distinct = chunk_reads.clone();
+    distinct.dedup();
+    assert_eq!(distinct, chunk_reads);
+    let status = status_of(&app, connector).await;
+    assert_eq!(status["runs"][0]["figures"]["imported"], 2, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_60_mb_attachment_is_archived_whole() {
     let jmap = Jmap::connect().await;
     let source = SourceSimulator::start("att-admin", "archive-password").await;

@@ -134,25 +134,121 @@ pub async fn send_within(
     }
 }
 
-/// POSTs a body given piece by piece (each piece sent before the next is made), so a large
-/// upload never sits whole in memory. `content_length` must be the body's exact length: a body
-/// that ends early (a piece failed) is then refused by the HTTP layer, never taken as whole.
-/// The timeout covers the exchange, plus a second per MiB of body.
+/// POSTs one body, given piece by piece (each piece sent before the next is made), to each of
+/// `requests` at once: the body is made once however many receive it, and a large upload never
+/// sits whole in memory. `content_length` must be the body's exact length: a body that ends
+/// early (a piece failed) is then refused by the HTTP layer, never taken as whole. A piece that
+/// fails ends every request with its error; a request that fails alone ends alone. The timeout
+/// covers the exchange, plus a second per MiB of body. One answer per request, in order.
 pub async fn send_stream(
-    request: &SourceRequest,
+    requests: &[SourceRequest],
     content_type: &str,
     content_length: u64,
     pieces: impl Iterator<Item = Result<Vec<u8>, String>>,
     timeout: std::time::Duration,
-) -> Result<Answer, String> {
+) -> Vec<Result<Answer, String>> {
     use futures::SinkExt;
-    use spin_sdk::http::{Headers, IncomingResponse, OutgoingRequest, Scheme};
+    use futures::future::LocalBoxFuture;
 
-    let failed = |e: &dyn std::fmt::Display| format!("{} {}: {e}", request.method, request.url);
-    let (scheme, rest) = request
-        .url
-        .split_once("://")
-        .ok_or_else(|| failed(&"not an absolute URL"))?;
+    let failed = |n: usize, e: &dyn std::fmt::Display| {
+        format!("{} {}: {e}", requests[n].method, requests[n].url)
+    };
+    let mut answers: Vec<Option<Result<Answer, String>>> = Vec::new();
+    let mut sinks = Vec::new();
+    let mut exchanges: Vec<Option<LocalBoxFuture<'static, Result<Answer, String>>>> = Vec::new();
+    for (n, request) in requests.iter().enumerate() {
+        match outgoing_request(request, content_type, content_length) {
+            Ok(outgoing) => {
+                sinks.push(Some(outgoing.take_body()));
+                exchanges.push(Some(Box::pin(exchange(outgoing))));
+                answers.push(None);
+            }
+            Err(e) => {
+                sinks.push(None);
+                exchanges.push(None);
+                answers.push(Some(Err(failed(n, &e))));
+            }
+        }
+    }
+    let mut writing = std::pin::pin!(async move {
+        for piece in pieces {
+            let mut piece = piece?;
+            let receivers: Vec<usize> = (0..sinks.len()).filter(|&n| sinks[n].is_some()).collect();
+            if receivers.is_empty() {
+                break; // every request failed: no one is left to make the body for
+            }
+            for (i, &n) in receivers.iter().enumerate() {
+                // The last receiver takes the piece itself; the others a copy.
+                let body = if i + 1 == receivers.len() {
+                    std::mem::take(&mut piece)
+                } else {
+                    piece.clone()
+                };
+                let sent = match sinks[n].as_mut() {
+                    Some(sink) => sink.send(body).await.is_ok(),
+                    None => false,
+                };
+                if !sent {
+                    // Its request fails on its own: the body it got is short of its length.
+                    sinks[n] = None;
+                }
+            }
+        }
+        // Dropping the sinks finishes the bodies.
+        drop(sinks);
+        Ok::<(), String>(())
+    });
+    let mut written = false;
+    let all = std::pin::pin!(std::future::poll_fn(|context| {
+        if !written && let std::task::Poll::Ready(outcome) = writing.as_mut().poll(context) {
+            if let Err(e) = outcome {
+                return std::task::Poll::Ready(Err(e));
+            }
+            written = true;
+        }
+        let mut waiting = false;
+        for (n, slot) in exchanges.iter_mut().enumerate() {
+            let Some(exchange) = slot else { continue };
+            match exchange.as_mut().poll(context) {
+                std::task::Poll::Ready(answer) => {
+                    answers[n] = Some(answer.map_err(|e| failed(n, &e)));
+                    *slot = None;
+                }
+                std::task::Poll::Pending => waiting = true,
+            }
+        }
+        if waiting {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }));
+    let allowed = timeout + std::time::Duration::from_secs(content_length >> 20);
+    let stream_error = match first_of(all, std::pin::pin!(sleep(allowed))).await {
+        Either::Left(Ok(())) => None,
+        Either::Left(Err(e)) => Some(e),
+        Either::Right(()) => Some(format!("no answer within {} s", allowed.as_secs())),
+    };
+    answers
+        .into_iter()
+        .enumerate()
+        .map(|(n, answer)| match (answer, &stream_error) {
+            (Some(answer), _) => answer,
+            (None, Some(e)) => Err(failed(n, e)),
+            (None, None) => Err(failed(n, &"no answer")),
+        })
+        .collect()
+}
+
+/// A POST of `request` with a body of `content_length` bytes still to be written.
+fn outgoing_request(
+    request: &SourceRequest,
+    content_type: &str,
+    content_length: u64,
+) -> Result<spin_sdk::http::OutgoingRequest, String> {
+    use spin_sdk::http::{Headers, OutgoingRequest, Scheme};
+
+    let (scheme, rest) = request.url.split_once("://").ok_or("not an absolute URL")?;
     let (authority, path) = match rest.find('/') {
         Some(at) => rest.split_at(at),
         None => (rest, "/"),
@@ -167,79 +263,39 @@ pub async fn send_stream(
     for (name, value) in &request.headers {
         entries.push((name.to_string(), value.as_bytes().to_vec()));
     }
-    let headers = Headers::from_list(&entries).map_err(|e| failed(&format!("{e:?}")))?;
+    let headers = Headers::from_list(&entries).map_err(|e| format!("{e:?}"))?;
     let outgoing = OutgoingRequest::new(headers);
-    let set = outgoing
+    outgoing
         .set_method(&spin_sdk::http::Method::Post)
         .and(outgoing.set_scheme(Some(&match scheme {
             "https" => Scheme::Https,
             _ => Scheme::Http,
         })))
         .and(outgoing.set_authority(Some(authority)))
-        .and(outgoing.set_path_with_query(Some(path)));
-    set.map_err(|()| failed(&"the request could not be built"))?;
-    let mut sink = outgoing.take_body();
-    let response = std::pin::pin!(spin_sdk::http::send::<_, IncomingResponse>(outgoing));
-    let writing = std::pin::pin!(async move {
-        for piece in pieces {
-            sink.send(piece?).await.map_err(|e| format!("{e:?}"))?;
-        }
-        // Dropping the sink finishes the body.
-        drop(sink);
-        Ok::<(), String>(())
-    });
-    let exchange = async {
-        match both(writing, response).await {
-            Err(e) => Err(failed(&e)),
-            Ok(Err(e)) => Err(failed(&e)),
-            Ok(Ok(response)) => {
-                let status = response.status();
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .first()
-                    .map(|v| String::from_utf8_lossy(v).into_owned());
-                let body = response
-                    .into_body()
-                    .await
-                    .map_err(|e| failed(&format!("{e:?}")))?;
-                Ok(Answer {
-                    status,
-                    retry_after,
-                    body,
-                })
-            }
-        }
-    };
-    let allowed = timeout + std::time::Duration::from_secs(content_length >> 20);
-    match first_of(std::pin::pin!(exchange), std::pin::pin!(sleep(allowed))).await {
-        Either::Left(answer) => answer,
-        Either::Right(()) => Err(failed(&format!("no answer within {} s", allowed.as_secs()))),
-    }
+        .and(outgoing.set_path_with_query(Some(path)))
+        .map_err(|()| "the request could not be built".to_string())?;
+    Ok(outgoing)
 }
 
-/// Runs a body writer and its request together until the answer comes (a server may answer
-/// before it has read the whole body). A failed writer ends both at once: the request is then
-/// dropped unanswered.
-async fn both<W, R>(
-    mut writing: std::pin::Pin<&mut W>,
-    mut response: std::pin::Pin<&mut R>,
-) -> Result<R::Output, String>
-where
-    W: std::future::Future<Output = Result<(), String>>,
-    R: std::future::Future,
-{
-    let mut written = false;
-    std::future::poll_fn(|context| {
-        if !written && let std::task::Poll::Ready(outcome) = writing.as_mut().poll(context) {
-            if let Err(e) = outcome {
-                return std::task::Poll::Ready(Err(e));
-            }
-            written = true;
-        }
-        response.as_mut().poll(context).map(Ok)
+/// Sends a request whose body is written elsewhere, and reads its answer whole.
+async fn exchange(outgoing: spin_sdk::http::OutgoingRequest) -> Result<Answer, String> {
+    use spin_sdk::http::IncomingResponse;
+
+    let response = spin_sdk::http::send::<_, IncomingResponse>(outgoing)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .first()
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    let body = response.into_body().await.map_err(|e| format!("{e:?}"))?;
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
     })
-    .await
 }
 
 /// The `request_timeout_seconds` variable: how long an archive or mail server request may take.

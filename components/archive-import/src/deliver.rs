@@ -95,29 +95,37 @@ impl Destination<'_> {
         Ok(answer.body)
     }
 
-    /// POSTs a body made piece by piece (see [`archive_host::send_stream`]).
+    /// POSTs one body, made piece by piece, to each of `urls` (see
+    /// [`archive_host::send_stream`]): one answer per URL.
     async fn post_stream(
         &self,
-        url: &str,
+        urls: &[String],
         content_type: &str,
         length: u64,
         pieces: impl Iterator<Item = Result<Vec<u8>, String>>,
-    ) -> Result<Vec<u8>, Transient> {
-        let request = SourceRequest {
-            method: "POST",
-            url: url.to_string(),
-            headers: vec![("authorization", self.config.authorization.clone())],
-        };
-        let answer = send_stream(&request, content_type, length, pieces, self.config.timeout)
+    ) -> Vec<Result<Vec<u8>, Transient>> {
+        let requests: Vec<SourceRequest> = urls
+            .iter()
+            .map(|url| SourceRequest {
+                method: "POST",
+                url: url.clone(),
+                headers: vec![("authorization", self.config.authorization.clone())],
+            })
+            .collect();
+        let answers = send_stream(&requests, content_type, length, pieces, self.config.timeout);
+        answers
             .await
-            .map_err(Transient)?;
-        if answer.status >= 300 {
-            return Err(Transient(format!(
-                "the mail server answered {} to POST {url}",
-                answer.status
-            )));
-        }
-        Ok(answer.body)
+            .into_iter()
+            .zip(urls)
+            .map(|(answer, url)| match answer {
+                Err(detail) => Err(Transient(detail)),
+                Ok(answer) if answer.status >= 300 => Err(Transient(format!(
+                    "the mail server answered {} to POST {url}",
+                    answer.status
+                ))),
+                Ok(answer) => Ok(answer.body),
+            })
+            .collect()
     }
 
     async fn call(&self, request: serde_json::Value) -> Result<Vec<u8>, Transient> {
@@ -296,9 +304,13 @@ impl Outcomes {
     }
 }
 
+/// What an upload gave: the blob id, what became of the copy, or a failure worth a retry.
+type Uploaded = Result<Result<String, CopyOutcome>, Transient>;
+
 /// A request to the mail server finished.
 enum Done {
-    Uploaded(Copy, String, Result<Result<String, CopyOutcome>, Transient>),
+    /// An item's copies, each with its folder and its upload's blob id or outcome.
+    Uploaded(Vec<(Copy, String, Uploaded)>),
     /// Each copy's outcome, and whether its folder has gone.
     Imported(Vec<(Copy, CopyOutcome, bool)>),
 }
@@ -635,20 +647,29 @@ async fn deliver(
     outcomes: &mut Outcomes,
     (state, sealing, connector_id, run_id): (&State<'_, SpinStore>, &Sealing<'_>, &str, &str),
 ) -> anyhow::Result<Vec<String>> {
+    // The accounts of each item with copies in several.
+    let mut accounts_of: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for copy in &copies {
+        accounts_of
+            .entry(copy.item)
+            .or_default()
+            .push(copy.account.clone());
+    }
+    accounts_of.retain(|_, accounts| accounts.len() > 1);
     let mut lanes = Lanes::new(copies, |copy: &Copy| copy.account.clone());
     let mut in_flight = FuturesUnordered::new();
-    let (mut uploading, mut importing) = (0, 0);
+    let mut importing = 0;
     // Uploaded copies of the accounts being uploaded to, and of the accounts finished: an
     // account's copies are imported together, in as few calls as can be.
     let mut uploaded: BTreeMap<String, Vec<Queued>> = BTreeMap::new();
     let mut ready: Vec<Queued> = Vec::new();
     let mut stale = Vec::new();
     loop {
-        // An import once enough copies wait for one, or when no upload is left.
-        let uploads_done = uploading == 0 && !lanes.has_ready();
+        // An import once enough copies wait for one, or as soon as they can once no upload is
+        // left to start: the step's last import then holds only its last uploads.
         if importing < CONCURRENT_IMPORTS
             && !ready.is_empty()
-            && (ready.len() >= IMPORT_READY || uploads_done)
+            && (ready.len() >= IMPORT_READY || lanes.all_taken())
         {
             // Renewed before importing: a step slowed by retries never outlives its lease,
             // and a run that lost it imports nothing.
@@ -661,58 +682,86 @@ async fn deliver(
             let Some((account, copy)) = lanes.take() else {
                 break;
             };
-            let mailbox = match folders.get(&account) {
-                Some(Ok(mailbox)) => mailbox.clone(),
-                failed => {
-                    let detail = match failed {
-                        Some(Err(detail)) => detail.clone(),
-                        _ => format!("no folder looked up for account {account}"),
-                    };
-                    outcomes.settle(&step.items, &copy, CopyOutcome::Transient(detail));
-                    if lanes.release(&account) {
-                        ready.extend(uploaded.remove(&account).unwrap_or_default());
-                    }
-                    continue;
+            // The item's copies in other accounts free now go along: its staged attachments
+            // are read, checked and encoded once for all of them.
+            let item = copy.item;
+            let mut group = vec![copy];
+            for other in accounts_of.get(&item).into_iter().flatten() {
+                if *other != account
+                    && let Some(copy) = lanes.take_from(other, |copy| copy.item == item)
+                {
+                    group.push(copy);
                 }
-            };
+            }
+            let mut targets = Vec::with_capacity(group.len());
+            for copy in group {
+                match folders.get(&copy.account) {
+                    Some(Ok(mailbox)) => targets.push((copy, mailbox.clone())),
+                    failed => {
+                        let detail = match failed {
+                            Some(Err(detail)) => detail.clone(),
+                            _ => format!("no folder looked up for account {}", copy.account),
+                        };
+                        outcomes.settle(&step.items, &copy, CopyOutcome::Transient(detail));
+                        if lanes.release(&copy.account) {
+                            ready.extend(uploaded.remove(&copy.account).unwrap_or_default());
+                        }
+                    }
+                }
+            }
+            if targets.is_empty() {
+                continue;
+            }
             let email = StagedEmail {
-                layout: step.layouts[copy.item]
+                layout: step.layouts[item]
                     .as_ref()
                     .expect("a delivered item has its layout"),
-                item: &step.items[copy.item],
+                item: &step.items[item],
                 state,
                 sealing,
                 connector_id,
             };
             in_flight.push(
                 async move {
-                    let result = upload(destination, &copy.account, email).await;
-                    Done::Uploaded(copy, mailbox, result)
+                    let accounts: Vec<&str> = targets
+                        .iter()
+                        .map(|(copy, _)| copy.account.as_str())
+                        .collect();
+                    let results = upload(destination, &accounts, email).await;
+                    Done::Uploaded(
+                        targets
+                            .into_iter()
+                            .zip(results)
+                            .map(|((copy, mailbox), result)| (copy, mailbox, result))
+                            .collect(),
+                    )
                 }
                 .boxed_local(),
             );
-            uploading += 1;
         }
         let Some(done) = in_flight.next().await else {
             break;
         };
         match done {
-            Done::Uploaded(copy, mailbox, result) => {
-                uploading -= 1;
-                let account = copy.account.clone();
-                match result {
-                    Ok(Ok(blob_id)) => uploaded.entry(account.clone()).or_default().push(Queued {
-                        copy,
-                        blob_id,
-                        mailbox,
-                    }),
-                    Ok(Err(outcome)) => outcomes.settle(&step.items, &copy, outcome),
-                    Err(Transient(detail)) => {
-                        outcomes.settle(&step.items, &copy, CopyOutcome::Transient(detail))
+            Done::Uploaded(copies) => {
+                for (copy, mailbox, result) in copies {
+                    let account = copy.account.clone();
+                    match result {
+                        Ok(Ok(blob_id)) => {
+                            uploaded.entry(account.clone()).or_default().push(Queued {
+                                copy,
+                                blob_id,
+                                mailbox,
+                            })
+                        }
+                        Ok(Err(outcome)) => outcomes.settle(&step.items, &copy, outcome),
+                        Err(Transient(detail)) => {
+                            outcomes.settle(&step.items, &copy, CopyOutcome::Transient(detail))
+                        }
                     }
-                }
-                if lanes.release(&account) {
-                    ready.extend(uploaded.remove(&account).unwrap_or_default());
+                    if lanes.release(&account) {
+                        ready.extend(uploaded.remove(&account).unwrap_or_default());
+                    }
                 }
             }
             Done::Imported(settled) => {
@@ -754,14 +803,18 @@ struct StagedEmail<'a> {
     connector_id: &'a str,
 }
 
-/// Uploads one copy, its attachments streamed from staging: the blob id, or what became of it
-/// when the staged bytes are not what the archive announced.
+/// Uploads an item's email into each of `accounts` at once, its attachments streamed from
+/// staging once for all: per account the blob id, or what became of the copy when the staged
+/// bytes are not what the archive announced.
 async fn upload(
     destination: &Destination<'_>,
-    account: &str,
+    accounts: &[&str],
     email: StagedEmail<'_>,
-) -> Result<Result<String, CopyOutcome>, Transient> {
-    let upload_url = destination.session.upload_url(account);
+) -> Vec<Uploaded> {
+    let upload_urls: Vec<String> = accounts
+        .iter()
+        .map(|account| destination.session.upload_url(account))
+        .collect();
     // The stream's own failure, if it stops the upload, says whether trying again can help.
     let stream_error = std::cell::RefCell::new(None);
     let pieces = EmailStream::new(email.layout, |attachment, chunk| {
@@ -784,18 +837,17 @@ async fn upload(
         })
     });
     let uploaded = destination
-        .post_stream(&upload_url, "message/rfc822", email.layout.len(), pieces)
+        .post_stream(&upload_urls, "message/rfc822", email.layout.len(), pieces)
         .await;
-    let uploaded = match (uploaded, stream_error.into_inner()) {
-        (_, Some(StreamError::Conversion(e))) => {
-            return Ok(Err(CopyOutcome::Refused(
-                NotImportedReason::AttachmentMismatch,
-                e.to_string(),
-            )));
-        }
-        (uploaded, _) => uploaded?,
-    };
-    Ok(Ok(
-        jmap::parse_upload(&uploaded).map_err(|e| Transient(e.to_string()))?
-    ))
+    if let Some(StreamError::Conversion(e)) = stream_error.into_inner() {
+        let refused = CopyOutcome::Refused(NotImportedReason::AttachmentMismatch, e.to_string());
+        return accounts.iter().map(|_| Ok(Err(refused.clone()))).collect();
+    }
+    uploaded
+        .into_iter()
+        .map(|answer| {
+            let blob_id = jmap::parse_upload(&answer?).map_err(|e| Transient(e.to_string()))?;
+            Ok(Ok(blob_id))
+        })
+        .collect()
 }

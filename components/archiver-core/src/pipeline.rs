@@ -82,7 +82,8 @@ impl StepBudget {
 
 /// Work grouped by key (a mailbox) and handed out one item per key at a time: as much at once
 /// as the caller likes, but never two items of one key at once. A key's items go one after
-/// another, so each key is finished as early as it can be.
+/// another, so each key is finished as early as it can be, and the keys with the most items
+/// go first, so the work's end is not one key's items one at a time.
 #[derive(Debug)]
 pub struct Lanes<T, K> {
     queues: std::collections::BTreeMap<K, std::collections::VecDeque<T>>,
@@ -97,7 +98,10 @@ impl<T, K: Ord + Clone> Lanes<T, K> {
         for item in items {
             queues.entry(key(&item)).or_default().push_back(item);
         }
-        let ready = queues.keys().cloned().collect();
+        let mut keys: Vec<&K> = queues.keys().collect();
+        // Stable: keys with as many items keep their order.
+        keys.sort_by_key(|key| std::cmp::Reverse(queues[*key].len()));
+        let ready = keys.into_iter().cloned().collect();
         Lanes { queues, ready }
     }
 
@@ -124,6 +128,22 @@ impl<T, K: Ord + Clone> Lanes<T, K> {
             }
             None => true,
         }
+    }
+
+    /// The first item of `key` that `wanted` picks, if `key` has none in flight; `key` is then
+    /// busy until [`Lanes::release`]d. Work that can be done for several keys at once (an item
+    /// with a copy in several mailboxes) is thus taken for every key free to take it.
+    pub fn take_from(&mut self, key: &K, wanted: impl Fn(&T) -> bool) -> Option<T> {
+        let turn = self.ready.iter().position(|k| k == key)?;
+        let queue = self.queues.get_mut(key)?;
+        let item = queue.remove(queue.iter().position(wanted)?)?;
+        self.ready.remove(turn);
+        Some(item)
+    }
+
+    /// Whether every item has been taken (some may still be in flight).
+    pub fn all_taken(&self) -> bool {
+        self.queues.values().all(|queue| queue.is_empty())
     }
 
     /// Whether an item may be taken now.
@@ -603,5 +623,53 @@ mod tests {
         assert_eq!(done, items);
         let mut empty = Lanes::new(Vec::<u8>::new(), |i| *i);
         assert!(empty.take().is_none());
+    }
+
+    #[test]
+    fn lanes_start_with_the_keys_that_have_the_most_items() {
+        let items = [
+            ('a', 1),
+            ('b', 2),
+            ('b', 3),
+            ('c', 4),
+            ('c', 5),
+            ('c', 6),
+            ('d', 7),
+        ];
+        let mut lanes = Lanes::new(items, |item| item.0);
+        let first: Vec<char> = std::iter::from_fn(|| lanes.take().map(|(key, _)| key)).collect();
+        assert_eq!(first, ['c', 'b', 'a', 'd']);
+    }
+
+    #[test]
+    fn lanes_give_an_items_other_copies_only_from_keys_with_none_in_flight() {
+        // (mailbox, item): item 7 has a copy in a, b and c.
+        let copies = [('a', 1), ('a', 7), ('b', 2), ('b', 7), ('c', 7), ('d', 3)];
+        let mut lanes = Lanes::new(copies, |copy| copy.0);
+        assert_eq!(lanes.take(), Some(('a', ('a', 1))));
+        // a is busy: its copy of 7 waits for it.
+        assert_eq!(lanes.take_from(&'a', |copy| copy.1 == 7), None);
+        // b and c are free: their copies of 7 are taken out of turn, and they become busy.
+        assert_eq!(lanes.take_from(&'b', |copy| copy.1 == 7), Some(('b', 7)));
+        assert_eq!(lanes.take_from(&'c', |copy| copy.1 == 7), Some(('c', 7)));
+        assert_eq!(lanes.take_from(&'b', |copy| copy.1 == 2), None);
+        // Nothing picked, nothing taken; an unknown key has nothing.
+        assert_eq!(lanes.take_from(&'d', |copy| copy.1 == 7), None);
+        assert_eq!(lanes.take_from(&'z', |_| true), None);
+        assert_eq!(lanes.take(), Some(('d', ('d', 3))));
+        assert_eq!(lanes.take(), None);
+        // c had one copy: finished. b still has 2, a still has 7.
+        assert!(lanes.release(&'c'));
+        assert!(!lanes.release(&'b'));
+        assert_eq!(lanes.take(), Some(('b', ('b', 2))));
+        assert!(!lanes.release(&'a'));
+        assert!(!lanes.all_taken());
+        assert_eq!(lanes.take(), Some(('a', ('a', 7))));
+        assert!(lanes.all_taken());
+        assert!(lanes.release(&'a'));
+        assert!(lanes.release(&'b'));
+        assert!(lanes.release(&'d'));
+        assert!(!lanes.has_ready());
+        assert!(lanes.all_taken());
     }
 }
