@@ -609,6 +609,12 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
     let ledger = outcomes.ledger;
     state.append_not_imported(&mut run, &ledger.not_imported)?;
     run.figures = ledger.figures;
+    eprintln!(
+        "run {run_id}: import step {}: {} items in {:.2} s",
+        run.progress.steps,
+        step.items.len(),
+        started.elapsed().as_secs_f64()
+    );
     if let Some(detail) = ledger.transient {
         run.progress.transient = Some(detail);
     }

@@ -89,6 +89,8 @@ struct Figures {
     ceiling: ceiling::Ceiling,
     peaks: Vec<(String, usize)>,
     steps: u64,
+    /// How long each import step took, in order.
+    step_seconds: Vec<f64>,
 }
 
 async fn admin(
@@ -185,9 +187,6 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
         .await?
         .map_err(|e| anyhow::anyhow!("the run failed: {e}\n{}", app.logs()))?;
     let total = started.elapsed();
-    for line in app.logs().lines().filter(|l| l.contains("[prof]")) {
-        eprintln!("{line}");
-    }
     let status = admin(
         &app,
         "GET",
@@ -212,6 +211,18 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
     if run["state"] != "succeeded" || run["invariant_holds"] != true {
         bail!("the run did not succeed: {run}");
     }
+    // The import steps' durations, from the import's log line per step.
+    let marker = format!(
+        "run {}: import step ",
+        run["id"].as_str().unwrap_or_default()
+    );
+    let step_seconds: Vec<f64> = app
+        .logs()
+        .lines()
+        .filter_map(|line| line.split_once(marker.as_str()))
+        .filter_map(|(_, rest)| rest.split(" items in ").nth(1)?.strip_suffix(" s"))
+        .filter_map(|seconds| seconds.trim().parse().ok())
+        .collect();
     let figures = &run["figures"];
     let copies = figures["imported"].as_u64().unwrap_or(0)
         + figures["skipped_duplicate"].as_u64().unwrap_or(0);
@@ -296,6 +307,7 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
         ceiling,
         peaks,
         steps: run["progress"]["steps"].as_u64().unwrap_or(0),
+        step_seconds,
     })
 }
 
@@ -401,6 +413,17 @@ fn print(all: &[Figures]) {
         );
         println!();
         println!("delivery / ceiling = {:.2}", delivery / ceiling.max(1e-9));
+        let quarter = f.step_seconds.len() / 4;
+        if quarter > 0 {
+            let mean = |steps: &[f64]| steps.iter().sum::<f64>() / steps.len() as f64;
+            println!(
+                "import steps: {}, the first quarter {:.2} s each on average, the last quarter \
+                 {:.2} s (a step that grew with the day would show here)",
+                f.step_seconds.len(),
+                mean(&f.step_seconds[..quarter]),
+                mean(&f.step_seconds[f.step_seconds.len() - quarter..])
+            );
+        }
         for (component, peak) in &f.peaks {
             println!(
                 "peak linear memory of one {component} invocation: {:.1} MiB",
