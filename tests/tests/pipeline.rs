@@ -1044,8 +1044,9 @@ async fn a_group_mms_is_read_from_staging_once_for_all_its_copies() {
         .collect();
     assert_eq!(chunk_reads.len(), 3, "{chunk_reads:?}");
     let mut distinct = chunk_reads.clone();
+    distinct.sort();
     distinct.dedup();
-    assert_eq!(distinct, chunk_reads);
+    assert_eq!(distinct.len(), 3, "a chunk read twice: {chunk_reads:?}");
     let status = status_of(&app, connector).await;
     assert_eq!(status["runs"][0]["figures"]["imported"], 2, "{status}");
 }
