@@ -653,16 +653,8 @@ async fn deliver(
     outcomes: &mut Outcomes,
     (state, sealing, connector_id, run_id): (&State<'_, SpinStore>, &Sealing<'_>, &str, &str),
 ) -> anyhow::Result<Vec<String>> {
-    // The accounts of each item with copies in several.
-    let mut accounts_of: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for copy in &copies {
-        accounts_of
-            .entry(copy.item)
-            .or_default()
-            .push(copy.account.clone());
-    }
-    accounts_of.retain(|_, accounts| accounts.len() > 1);
-    let mut lanes = Lanes::new(copies, |copy: &Copy| copy.account.clone());
+    // An item's copies in several accounts are a group, uploaded together.
+    let mut lanes = Lanes::grouped(copies, |copy: &Copy| copy.account.clone(), |copy| copy.item);
     let mut in_flight = FuturesUnordered::new();
     let mut importing = 0;
     // Uploaded copies of the accounts being uploaded to, and of the accounts finished: an
@@ -685,22 +677,14 @@ async fn deliver(
             importing += 1;
         }
         while in_flight.len() < CONCURRENT_REQUESTS {
-            let Some((account, copy)) = lanes.take() else {
-                break;
-            };
             // The item's copies in other accounts free now go along: its staged attachments
             // are read, checked and encoded once for all of them.
-            let item = copy.item;
-            let mut group = vec![copy];
-            for other in accounts_of.get(&item).into_iter().flatten() {
-                if *other != account
-                    && let Some(copy) = lanes.take_from(other, |copy| copy.item == item)
-                {
-                    group.push(copy);
-                }
-            }
+            let Some(group) = lanes.take_group() else {
+                break;
+            };
+            let item = group[0].1.item;
             let mut targets = Vec::with_capacity(group.len());
-            for copy in group {
+            for (_, copy) in group {
                 match folders.get(&copy.account) {
                     Some(Ok(mailbox)) => targets.push((copy, mailbox.clone())),
                     failed => {

@@ -1,6 +1,8 @@
 //! The daily pipeline's decisions, without I/O: which window to fetch, the archive's requests and
 //! answers, when to retry, and what is staged.
 
+use std::collections::{BTreeMap, VecDeque};
+
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -84,34 +86,93 @@ impl StepBudget {
 /// as the caller likes, but never two items of one key at once. A key's items go one after
 /// another, so each key is finished as early as it can be, and the keys with the most items
 /// go first, so the work's end is not one key's items one at a time.
+///
+/// Items may also belong to a group (an item's copies in several mailboxes), whose members in
+/// other keys can be done together with the one taken: see [`Lanes::grouped`].
 #[derive(Debug)]
-pub struct Lanes<T, K> {
-    queues: std::collections::BTreeMap<K, std::collections::VecDeque<T>>,
+pub struct Lanes<T, K, G = ()> {
+    queues: BTreeMap<K, VecDeque<(G, T)>>,
     /// Keys with work and none in flight, in the order they get their next turn.
-    ready: std::collections::VecDeque<K>,
+    ready: VecDeque<K>,
+    /// The keys of each group with items in more than one key.
+    keys_of: BTreeMap<G, Vec<K>>,
 }
 
 impl<T, K: Ord + Clone> Lanes<T, K> {
     pub fn new(items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> K) -> Lanes<T, K> {
-        let mut queues: std::collections::BTreeMap<K, std::collections::VecDeque<T>> =
-            std::collections::BTreeMap::new();
-        for item in items {
-            queues.entry(key(&item)).or_default().push_back(item);
+        let queues = queues(items.into_iter().map(|item| ((), item)), key);
+        Lanes::with_queues(queues, BTreeMap::new())
+    }
+}
+
+impl<T, K: Ord + Clone, G: Ord + Clone> Lanes<T, K, G> {
+    /// Lanes whose items belong to groups: [`Lanes::take_group`] takes an item together with
+    /// its group's items in the other keys free at the time.
+    pub fn grouped(
+        items: impl IntoIterator<Item = T>,
+        key: impl Fn(&T) -> K,
+        group: impl Fn(&T) -> G,
+    ) -> Lanes<T, K, G> {
+        let queues = queues(items.into_iter().map(|item| (group(&item), item)), key);
+        let mut keys_of: BTreeMap<G, Vec<K>> = BTreeMap::new();
+        for (key, queue) in &queues {
+            for (group, _) in queue {
+                let keys = keys_of.entry(group.clone()).or_default();
+                if keys.last() != Some(key) {
+                    keys.push(key.clone());
+                }
+            }
         }
+        keys_of.retain(|_, keys| keys.len() > 1);
+        Lanes::with_queues(queues, keys_of)
+    }
+
+    fn with_queues(
+        queues: BTreeMap<K, VecDeque<(G, T)>>,
+        keys_of: BTreeMap<G, Vec<K>>,
+    ) -> Lanes<T, K, G> {
         let mut keys: Vec<&K> = queues.keys().collect();
         // Stable: keys with as many items keep their order.
         keys.sort_by_key(|key| std::cmp::Reverse(queues[*key].len()));
         let ready = keys.into_iter().cloned().collect();
-        Lanes { queues, ready }
+        Lanes {
+            queues,
+            ready,
+            keys_of,
+        }
     }
 
     /// The next item of the next key with none in flight; its key is busy until
     /// [`Lanes::release`]d.
     pub fn take(&mut self) -> Option<(K, T)> {
         let key = self.ready.pop_front()?;
-        let queue = self.queues.get_mut(&key)?;
-        let item = queue.pop_front()?;
+        let (_, item) = self.queues.get_mut(&key)?.pop_front()?;
         Some((key, item))
+    }
+
+    /// The next item, as [`Lanes::take`], with the items of its group in every other key that
+    /// has none in flight, taken out of their turn: work that can be done for several keys at
+    /// once (an item's copies in several mailboxes) is done once. Every key returned is busy
+    /// until [`Lanes::release`]d; the first is the one whose turn it was.
+    pub fn take_group(&mut self) -> Option<Vec<(K, T)>> {
+        let key = self.ready.pop_front()?;
+        let (group, item) = self.queues.get_mut(&key)?.pop_front()?;
+        let mut taken = vec![(key.clone(), item)];
+        for other in self.keys_of.get(&group).into_iter().flatten() {
+            let Some(turn) = self.ready.iter().position(|k| k == other) else {
+                continue; // in flight, or finished
+            };
+            let Some(queue) = self.queues.get_mut(other) else {
+                continue;
+            };
+            if let Some(at) = queue.iter().position(|(g, _)| *g == group)
+                && let Some((_, item)) = queue.remove(at)
+            {
+                self.ready.remove(turn);
+                taken.push((other.clone(), item));
+            }
+        }
+        Some(taken)
     }
 
     /// `key`'s item is done: the key's next item, if any, goes next, so a key's items go one
@@ -130,17 +191,6 @@ impl<T, K: Ord + Clone> Lanes<T, K> {
         }
     }
 
-    /// The first item of `key` that `wanted` picks, if `key` has none in flight; `key` is then
-    /// busy until [`Lanes::release`]d. Work that can be done for several keys at once (an item
-    /// with a copy in several mailboxes) is thus taken for every key free to take it.
-    pub fn take_from(&mut self, key: &K, wanted: impl Fn(&T) -> bool) -> Option<T> {
-        let turn = self.ready.iter().position(|k| k == key)?;
-        let queue = self.queues.get_mut(key)?;
-        let item = queue.remove(queue.iter().position(wanted)?)?;
-        self.ready.remove(turn);
-        Some(item)
-    }
-
     /// Whether every item has been taken (some may still be in flight).
     pub fn all_taken(&self) -> bool {
         self.queues.values().all(|queue| queue.is_empty())
@@ -152,6 +202,21 @@ impl<T, K: Ord + Clone> Lanes<T, K> {
     }
 }
 
+/// Items queued by key, in their order.
+fn queues<T, K: Ord, G>(
+    items: impl IntoIterator<Item = (G, T)>,
+    key: impl Fn(&T) -> K,
+) -> BTreeMap<K, VecDeque<(G, T)>> {
+    let mut queues: BTreeMap<K, VecDeque<(G, T)>> = BTreeMap::new();
+    for (group, item) in items {
+        queues
+            .entry(key(&item))
+            .or_default()
+            .push_back((group, item));
+    }
+    queues
+}
+
 /// Copies grouped into `Email/import` calls: one target (account and folder) per call, at
 /// most `per_call` copies each, in target order.
 pub fn import_calls<T, K: Ord + Clone>(
@@ -159,7 +224,7 @@ pub fn import_calls<T, K: Ord + Clone>(
     target: impl Fn(&T) -> K,
     per_call: usize,
 ) -> Vec<(K, Vec<T>)> {
-    let mut by_target: std::collections::BTreeMap<K, Vec<T>> = std::collections::BTreeMap::new();
+    let mut by_target: BTreeMap<K, Vec<T>> = BTreeMap::new();
     for copy in copies {
         by_target.entry(target(&copy)).or_default().push(copy);
     }
@@ -642,34 +707,54 @@ mod tests {
     }
 
     #[test]
-    fn lanes_give_an_items_other_copies_only_from_keys_with_none_in_flight() {
-        // (mailbox, item): item 7 has a copy in a, b and c.
-        let copies = [('a', 1), ('a', 7), ('b', 2), ('b', 7), ('c', 7), ('d', 3)];
-        let mut lanes = Lanes::new(copies, |copy| copy.0);
-        assert_eq!(lanes.take(), Some(('a', ('a', 1))));
-        // a is busy: its copy of 7 waits for it.
-        assert_eq!(lanes.take_from(&'a', |copy| copy.1 == 7), None);
-        // b and c are free: their copies of 7 are taken out of turn, and they become busy.
-        assert_eq!(lanes.take_from(&'b', |copy| copy.1 == 7), Some(('b', 7)));
-        assert_eq!(lanes.take_from(&'c', |copy| copy.1 == 7), Some(('c', 7)));
-        assert_eq!(lanes.take_from(&'b', |copy| copy.1 == 2), None);
-        // Nothing picked, nothing taken; an unknown key has nothing.
-        assert_eq!(lanes.take_from(&'d', |copy| copy.1 == 7), None);
-        assert_eq!(lanes.take_from(&'z', |_| true), None);
-        assert_eq!(lanes.take(), Some(('d', ('d', 3))));
-        assert_eq!(lanes.take(), None);
-        // c had one copy: finished. b still has 2, a still has 7.
-        assert!(lanes.release(&'c'));
+    fn a_group_is_taken_together_from_the_keys_with_none_in_flight() {
+        // (mailbox, item): item 7 has a copy in a, b and c; item 8 in b and d.
+        let copies = [
+            ('a', 1),
+            ('a', 7),
+            ('b', 2),
+            ('b', 7),
+            ('b', 8),
+            ('c', 7),
+            ('d', 8),
+            ('d', 3),
+        ];
+        let mut lanes = Lanes::grouped(copies, |copy| copy.0, |copy| copy.1);
+        // b has the most copies: its turn first. Its 2 is in no other mailbox.
+        assert_eq!(lanes.take_group(), Some(vec![('b', ('b', 2))]));
+        // a's 1 alone; a is busy now.
+        assert_eq!(lanes.take_group(), Some(vec![('a', ('a', 1))]));
+        // d's 8 has a copy in b, busy: d's goes alone.
+        assert_eq!(lanes.take_group(), Some(vec![('d', ('d', 8))]));
+        // c's 7 has copies in a and b, both busy: alone.
+        assert_eq!(lanes.take_group(), Some(vec![('c', ('c', 7))]));
+        assert_eq!(lanes.take_group(), None);
+        // a and b free again, a first: a's 7 goes with b's 7, taken out of b's turn; b's 8
+        // waits for b.
         assert!(!lanes.release(&'b'));
-        assert_eq!(lanes.take(), Some(('b', ('b', 2))));
         assert!(!lanes.release(&'a'));
+        assert!(lanes.release(&'c'));
+        assert_eq!(
+            lanes.take_group(),
+            Some(vec![('a', ('a', 7)), ('b', ('b', 7))])
+        );
+        assert_eq!(lanes.take_group(), None, "a and b busy, c finished, d busy");
+        assert!(!lanes.release(&'d'));
+        assert_eq!(lanes.take_group(), Some(vec![('d', ('d', 3))]));
         assert!(!lanes.all_taken());
-        assert_eq!(lanes.take(), Some(('a', ('a', 7))));
-        assert!(lanes.all_taken());
         assert!(lanes.release(&'a'));
+        assert!(!lanes.release(&'b'));
+        assert_eq!(lanes.take_group(), Some(vec![('b', ('b', 8))]));
+        assert!(lanes.all_taken());
         assert!(lanes.release(&'b'));
         assert!(lanes.release(&'d'));
         assert!(!lanes.has_ready());
-        assert!(lanes.all_taken());
+    }
+
+    #[test]
+    fn ungrouped_lanes_take_one_item_at_a_time() {
+        let mut lanes = Lanes::new([('a', 7), ('b', 7)], |copy| copy.0);
+        assert_eq!(lanes.take_group(), Some(vec![('a', ('a', 7))]));
+        assert_eq!(lanes.take_group(), Some(vec![('b', ('b', 7))]));
     }
 }
