@@ -654,7 +654,7 @@ async fn deliver(
     (state, sealing, connector_id, run_id): (&State<'_, SpinStore>, &Sealing<'_>, &str, &str),
 ) -> anyhow::Result<Vec<String>> {
     // An item's copies in several accounts are a group, uploaded together.
-    let mut lanes = Lanes::grouped(copies, |copy: &Copy| copy.account.clone(), |copy| copy.item);
+    let mut lanes = Lanes::new(copies, |copy: &Copy| copy.account.clone(), |copy| copy.item);
     let mut in_flight = FuturesUnordered::new();
     let mut importing = 0;
     // Uploaded copies of the accounts being uploaded to, and of the accounts finished: an
@@ -679,7 +679,7 @@ async fn deliver(
         while in_flight.len() < CONCURRENT_REQUESTS {
             // The item's copies in other accounts free now go along: its staged attachments
             // are read, checked and encoded once for all of them.
-            let Some(group) = lanes.take_group() else {
+            let Some(group) = lanes.take() else {
                 break;
             };
             let item = group[0].1.item;

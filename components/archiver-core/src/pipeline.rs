@@ -87,10 +87,10 @@ impl StepBudget {
 /// another, so each key is finished as early as it can be, and the keys with the most items
 /// go first, so the work's end is not one key's items one at a time.
 ///
-/// Items may also belong to a group (an item's copies in several mailboxes), whose members in
-/// other keys can be done together with the one taken: see [`Lanes::grouped`].
+/// Items belong to groups (an item's copies in several mailboxes): a group's members in other
+/// keys free at the time are taken together with the one whose turn it is.
 #[derive(Debug)]
-pub struct Lanes<T, K, G = ()> {
+pub struct Lanes<T, K, G> {
     queues: BTreeMap<K, VecDeque<(G, T)>>,
     /// Keys with work and none in flight, in the order they get their next turn.
     ready: VecDeque<K>,
@@ -98,22 +98,19 @@ pub struct Lanes<T, K, G = ()> {
     keys_of: BTreeMap<G, Vec<K>>,
 }
 
-impl<T, K: Ord + Clone> Lanes<T, K> {
-    pub fn new(items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> K) -> Lanes<T, K> {
-        let queues = queues(items.into_iter().map(|item| ((), item)), key);
-        Lanes::with_queues(queues, BTreeMap::new())
-    }
-}
-
 impl<T, K: Ord + Clone, G: Ord + Clone> Lanes<T, K, G> {
-    /// Lanes whose items belong to groups: [`Lanes::take_group`] takes an item together with
-    /// its group's items in the other keys free at the time.
-    pub fn grouped(
+    pub fn new(
         items: impl IntoIterator<Item = T>,
         key: impl Fn(&T) -> K,
         group: impl Fn(&T) -> G,
     ) -> Lanes<T, K, G> {
-        let queues = queues(items.into_iter().map(|item| (group(&item), item)), key);
+        let mut queues: BTreeMap<K, VecDeque<(G, T)>> = BTreeMap::new();
+        for item in items {
+            queues
+                .entry(key(&item))
+                .or_default()
+                .push_back((group(&item), item));
+        }
         let mut keys_of: BTreeMap<G, Vec<K>> = BTreeMap::new();
         for (key, queue) in &queues {
             for (group, _) in queue {
@@ -124,13 +121,6 @@ impl<T, K: Ord + Clone, G: Ord + Clone> Lanes<T, K, G> {
             }
         }
         keys_of.retain(|_, keys| keys.len() > 1);
-        Lanes::with_queues(queues, keys_of)
-    }
-
-    fn with_queues(
-        queues: BTreeMap<K, VecDeque<(G, T)>>,
-        keys_of: BTreeMap<G, Vec<K>>,
-    ) -> Lanes<T, K, G> {
         let mut keys: Vec<&K> = queues.keys().collect();
         // Stable: keys with as many items keep their order.
         keys.sort_by_key(|key| std::cmp::Reverse(queues[*key].len()));
@@ -142,19 +132,11 @@ impl<T, K: Ord + Clone, G: Ord + Clone> Lanes<T, K, G> {
         }
     }
 
-    /// The next item of the next key with none in flight; its key is busy until
-    /// [`Lanes::release`]d.
-    pub fn take(&mut self) -> Option<(K, T)> {
-        let key = self.ready.pop_front()?;
-        let (_, item) = self.queues.get_mut(&key)?.pop_front()?;
-        Some((key, item))
-    }
-
-    /// The next item, as [`Lanes::take`], with the items of its group in every other key that
-    /// has none in flight, taken out of their turn: work that can be done for several keys at
-    /// once (an item's copies in several mailboxes) is done once. Every key returned is busy
-    /// until [`Lanes::release`]d; the first is the one whose turn it was.
-    pub fn take_group(&mut self) -> Option<Vec<(K, T)>> {
+    /// The next item of the next key with none in flight, with the items of its group in every
+    /// other key that has none in flight, taken out of their turn: work that can be done for
+    /// several keys at once (an item's copies in several mailboxes) is done once. Every key
+    /// returned is busy until [`Lanes::release`]d; the first is the one whose turn it was.
+    pub fn take(&mut self) -> Option<Vec<(K, T)>> {
         let key = self.ready.pop_front()?;
         let (group, item) = self.queues.get_mut(&key)?.pop_front()?;
         let mut taken = vec![(key.clone(), item)];
@@ -200,21 +182,6 @@ impl<T, K: Ord + Clone, G: Ord + Clone> Lanes<T, K, G> {
     pub fn has_ready(&self) -> bool {
         !self.ready.is_empty()
     }
-}
-
-/// Items queued by key, in their order.
-fn queues<T, K: Ord, G>(
-    items: impl IntoIterator<Item = (G, T)>,
-    key: impl Fn(&T) -> K,
-) -> BTreeMap<K, VecDeque<(G, T)>> {
-    let mut queues: BTreeMap<K, VecDeque<(G, T)>> = BTreeMap::new();
-    for (group, item) in items {
-        queues
-            .entry(key(&item))
-            .or_default()
-            .push_back((group, item));
-    }
-    queues
 }
 
 /// Copies grouped into `Email/import` calls: one target (account and folder) per call, at
@@ -650,13 +617,16 @@ mod tests {
             .enumerate()
             .map(|(n, c)| (c, n as u32))
             .collect();
-        let mut lanes = Lanes::new(items.clone(), |item| item.0);
+        // Every item its own group: one at a time.
+        let mut lanes = Lanes::new(items.clone(), |item| item.0, |item| item.1);
         let mut in_flight: Vec<(char, (char, u32))> = Vec::new();
         let mut done = Vec::new();
         let mut round = 0;
         loop {
             while in_flight.len() < 3 {
-                let Some(taken) = lanes.take() else { break };
+                let Some(mut group) = lanes.take() else { break };
+                assert_eq!(group.len(), 1, "{group:?}");
+                let taken = group.remove(0);
                 assert!(
                     in_flight.iter().all(|(key, _)| *key != taken.0),
                     "{taken:?} while {in_flight:?}"
@@ -686,7 +656,7 @@ mod tests {
         assert_eq!(a, [0, 1, 2, 3, 4]);
         done.sort_by_key(|i| i.1);
         assert_eq!(done, items);
-        let mut empty = Lanes::new(Vec::<u8>::new(), |i| *i);
+        let mut empty = Lanes::new(Vec::<u8>::new(), |i| *i, |i| *i);
         assert!(empty.take().is_none());
     }
 
@@ -701,8 +671,9 @@ mod tests {
             ('c', 6),
             ('d', 7),
         ];
-        let mut lanes = Lanes::new(items, |item| item.0);
-        let first: Vec<char> = std::iter::from_fn(|| lanes.take().map(|(key, _)| key)).collect();
+        let mut lanes = Lanes::new(items, |item| item.0, |item| item.1);
+        let first: Vec<char> =
+            std::iter::from_fn(|| lanes.take().map(|group| group[0].0)).collect();
         assert_eq!(first, ['c', 'b', 'a', 'd']);
     }
 
@@ -719,42 +690,32 @@ mod tests {
             ('d', 8),
             ('d', 3),
         ];
-        let mut lanes = Lanes::grouped(copies, |copy| copy.0, |copy| copy.1);
+        let mut lanes = Lanes::new(copies, |copy| copy.0, |copy| copy.1);
         // b has the most copies: its turn first. Its 2 is in no other mailbox.
-        assert_eq!(lanes.take_group(), Some(vec![('b', ('b', 2))]));
+        assert_eq!(lanes.take(), Some(vec![('b', ('b', 2))]));
         // a's 1 alone; a is busy now.
-        assert_eq!(lanes.take_group(), Some(vec![('a', ('a', 1))]));
+        assert_eq!(lanes.take(), Some(vec![('a', ('a', 1))]));
         // d's 8 has a copy in b, busy: d's goes alone.
-        assert_eq!(lanes.take_group(), Some(vec![('d', ('d', 8))]));
+        assert_eq!(lanes.take(), Some(vec![('d', ('d', 8))]));
         // c's 7 has copies in a and b, both busy: alone.
-        assert_eq!(lanes.take_group(), Some(vec![('c', ('c', 7))]));
-        assert_eq!(lanes.take_group(), None);
+        assert_eq!(lanes.take(), Some(vec![('c', ('c', 7))]));
+        assert_eq!(lanes.take(), None);
         // a and b free again, a first: a's 7 goes with b's 7, taken out of b's turn; b's 8
         // waits for b.
         assert!(!lanes.release(&'b'));
         assert!(!lanes.release(&'a'));
         assert!(lanes.release(&'c'));
-        assert_eq!(
-            lanes.take_group(),
-            Some(vec![('a', ('a', 7)), ('b', ('b', 7))])
-        );
-        assert_eq!(lanes.take_group(), None, "a and b busy, c finished, d busy");
+        assert_eq!(lanes.take(), Some(vec![('a', ('a', 7)), ('b', ('b', 7))]));
+        assert_eq!(lanes.take(), None, "a and b busy, c finished, d busy");
         assert!(!lanes.release(&'d'));
-        assert_eq!(lanes.take_group(), Some(vec![('d', ('d', 3))]));
+        assert_eq!(lanes.take(), Some(vec![('d', ('d', 3))]));
         assert!(!lanes.all_taken());
         assert!(lanes.release(&'a'));
         assert!(!lanes.release(&'b'));
-        assert_eq!(lanes.take_group(), Some(vec![('b', ('b', 8))]));
+        assert_eq!(lanes.take(), Some(vec![('b', ('b', 8))]));
         assert!(lanes.all_taken());
         assert!(lanes.release(&'b'));
         assert!(lanes.release(&'d'));
         assert!(!lanes.has_ready());
-    }
-
-    #[test]
-    fn ungrouped_lanes_take_one_item_at_a_time() {
-        let mut lanes = Lanes::new([('a', 7), ('b', 7)], |copy| copy.0);
-        assert_eq!(lanes.take_group(), Some(vec![('a', ('a', 7))]));
-        assert_eq!(lanes.take_group(), Some(vec![('b', ('b', 7))]));
     }
 }
