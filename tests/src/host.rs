@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ mod spin_bindings {
 
 mod cron_bindings {
     wasmtime::component::bindgen!({
-        path: "../components/archive-fetch/wit",
+        path: "../components/archive-timer/wit",
         world: "fermyon:spin-cron/spin-cron",
         exports: { default: async },
     });
@@ -151,6 +151,32 @@ struct Shared {
     /// Plain-HTTP outbound connections, kept alive and shared by all instances of the app, as
     /// Spin keeps them (TLS goes through a fresh connection each time).
     http_client: PooledClient,
+    /// Invocations still running, answered or not (a component may work on after its answer).
+    in_flight: AtomicUsize,
+}
+
+/// Counts an invocation as running while it lives.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn new(shared: &Arc<Shared>) -> InFlight {
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The trigger an invocation came from: only the HTTP trigger gives a component an origin for
+/// requests to itself (`http://self`), as in Spin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Http,
+    Cron,
 }
 
 type PooledClient = hyper_util::client::legacy::Client<
@@ -237,6 +263,7 @@ struct Outbound {
     guest: Arc<Guest>,
     shared: Arc<Shared>,
     depth: u32,
+    trigger: Trigger,
 }
 
 type SendFuture = Box<
@@ -255,6 +282,30 @@ impl WasiHttpHooks for Outbound {
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
+        if is_self_request(request.uri()) {
+            // Spin: allowed by an `http://self` (or `*`) entry, and sent to the app's own
+            // listener; outside the HTTP trigger no origin is set and the request is invalid.
+            if !self
+                .guest
+                .allowed_hosts
+                .iter()
+                .any(AllowedHost::allows_self)
+            {
+                return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+            }
+            if self.trigger != Trigger::Http {
+                return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestUriInvalid) });
+            }
+            let shared = self.shared.clone();
+            return Box::new(async move {
+                let response = serve_public(&shared, request).await.map_err(|e| {
+                    wasmtime_wasi_http::Error::InternalError(Some(format!("{e:#}")))
+                })?;
+                let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                    Box::new(async { Ok(()) });
+                Ok((response, done))
+            });
+        }
         let Some((scheme, host, port)) = origin_of(request.uri()) else {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestUriInvalid) });
         };
@@ -699,6 +750,34 @@ impl variables::Host for State {
 }
 
 impl Shared {
+    /// The component Spin would route `path` to: an exact route first, then the longest
+    /// wildcard prefix. Private routes never match.
+    pub fn route(&self, path: &str) -> Option<String> {
+        let path = path.trim_end_matches('/');
+        let exact = self
+            .routes
+            .iter()
+            .find(|(route, _)| matches!(route, Route::Exact(exact) if exact == path));
+        if let Some((_, component)) = exact {
+            return Some(component.clone());
+        }
+        self.routes
+            .iter()
+            .filter_map(|(route, component)| match route {
+                Route::Wildcard(prefix)
+                    if path == prefix
+                        || path.starts_with(prefix.as_str())
+                            && path[prefix.len()..].starts_with('/')
+                        || prefix.is_empty() =>
+                {
+                    Some((prefix.len(), component))
+                }
+                _ => None,
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, component)| component.clone())
+    }
+
     /// The status to answer `url` with, if a test injected a fault for it.
     fn outbound_fault(&self, url: &str) -> Option<u16> {
         let mut faults = self.outbound_faults.lock().ok()?;
@@ -753,6 +832,7 @@ impl Shared {
         self: &Arc<Self>,
         guest: &Arc<Guest>,
         depth: u32,
+        trigger: Trigger,
     ) -> (Store<State>, [MemoryOutputPipe; 2]) {
         let stdout = MemoryOutputPipe::new(1 << 20);
         let stderr = MemoryOutputPipe::new(1 << 20);
@@ -768,6 +848,7 @@ impl Shared {
                 guest: guest.clone(),
                 shared: self.clone(),
                 depth,
+                trigger,
             },
             guest: guest.clone(),
             shared: self.clone(),
@@ -825,6 +906,48 @@ fn spin_headers(uri: &http::Uri, route: Option<&Route>) -> Vec<(&'static str, St
     ]
 }
 
+/// Whether a request is to the app itself: a relative URL (wasi-http gives it an empty host) or
+/// Spin's `self.alt` authority.
+fn is_self_request(uri: &http::Uri) -> bool {
+    uri.host()
+        .is_none_or(|host| host.is_empty() || host == "self.alt")
+}
+
+/// A request as the app's listener takes it: the public route for its path, or Spin's 404.
+async fn serve_public<B>(
+    shared: &Arc<Shared>,
+    request: http::Request<B>,
+) -> anyhow::Result<http::Response<HyperOutgoingBody>>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let Some(component) = shared.route(request.uri().path()) else {
+        return Ok(http::Response::builder()
+            .status(404)
+            .body(full_body(b"Not Found".to_vec()))?);
+    };
+    let guest = shared.guests[&component].clone();
+    invoke_http(shared, &guest, request, 0).await
+}
+
+/// One request to the listener, its body read whole first.
+async fn answer_listener(
+    shared: &Arc<Shared>,
+    request: http::Request<hyper::body::Incoming>,
+) -> anyhow::Result<http::Response<Full<Bytes>>> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let response = serve_public(shared, http::Request::from_parts(parts, Full::new(body))).await?;
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the response body: {e:?}"))?
+        .to_bytes();
+    Ok(http::Response::from_parts(parts, Full::new(body)))
+}
+
 /// Runs one HTTP invocation of `guest` in a fresh instance.
 async fn invoke_http<B>(
     shared: &Arc<Shared>,
@@ -856,7 +979,8 @@ where
     }
     let request = http::Request::from_parts(parts, body);
 
-    let (mut store, pipes) = shared.new_store(guest, depth);
+    let (mut store, pipes) = shared.new_store(guest, depth, Trigger::Http);
+    let running = InFlight::new(shared);
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let incoming = store
         .data_mut()
@@ -875,6 +999,7 @@ where
         }
         .await;
         task_shared.keep_logs(&task_guest, &pipes);
+        drop(running);
         result.map_err(anyhow::Error::from)
     });
     match receiver.await {
@@ -917,6 +1042,8 @@ impl TestResponse {
 pub struct AppBuilder {
     manifest: PathBuf,
     variables: BTreeMap<String, String>,
+    /// A listener bound for the app, served once it is built.
+    listener: Option<std::net::TcpListener>,
     kv_path: Option<PathBuf>,
     extra_stores: Vec<String>,
 }
@@ -926,6 +1053,15 @@ impl AppBuilder {
     pub fn variable(mut self, name: &str, value: impl Into<String>) -> Self {
         self.variables.insert(name.to_string(), value.into());
         self
+    }
+
+    /// Binds a loopback port for the app's listener, sets the variable `name` to its origin
+    /// (`http://127.0.0.1:<port>`), and serves the app there once built (see [`App::serve`]).
+    pub fn listening(mut self, name: &str) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let origin = format!("http://{}", listener.local_addr()?);
+        self.listener = Some(listener);
+        Ok(self.variable(name, origin))
     }
 
     /// Uses this SQLite file for the key-value store (shared with other apps on it).
@@ -956,6 +1092,16 @@ impl AppBuilder {
             |state: &mut State| state,
         )?;
 
+        let mut known_stores = vec!["default".to_string()];
+        known_stores.extend(self.extra_stores);
+        for (id, spec) in &manifest.components {
+            for label in &spec.key_value_stores {
+                // Spin refuses at start-up a store no runtime config defines.
+                if !known_stores.contains(label) {
+                    bail!("unknown key_value_stores label {label:?} for component {id:?}");
+                }
+            }
+        }
         let mut guests = BTreeMap::new();
         for (id, spec) in &manifest.components {
             let route = manifest
@@ -1029,8 +1175,6 @@ impl AppBuilder {
             .iter()
             .map(|t| (t.route.clone(), t.component.clone()))
             .collect();
-        let mut known_stores = vec!["default".to_string()];
-        known_stores.extend(self.extra_stores);
         let shared = Arc::new(Shared {
             guests,
             routes,
@@ -1043,13 +1187,18 @@ impl AppBuilder {
             outbound_rewrites: Mutex::new(Vec::new()),
             peak_memory: Mutex::new(BTreeMap::new()),
             http_client: pooled_client(),
+            in_flight: AtomicUsize::new(0),
         });
-        Ok(App {
+        let app = App {
             manifest,
             shared,
             kv_path,
             owns_kv,
-        })
+        };
+        if let Some(listener) = self.listener {
+            app.serve(listener)?;
+        }
+        Ok(app)
     }
 }
 
@@ -1106,6 +1255,7 @@ impl App {
         AppBuilder {
             manifest,
             variables: BTreeMap::new(),
+            listener: None,
             kv_path: None,
             extra_stores: Vec::new(),
         }
@@ -1178,31 +1328,40 @@ impl App {
     /// The component Spin would route `path` to: an exact route first, then the longest
     /// wildcard prefix. Private routes never match.
     pub fn route(&self, path: &str) -> Option<String> {
-        let path = path.trim_end_matches('/');
-        let exact = self
-            .shared
-            .routes
-            .iter()
-            .find(|(route, _)| matches!(route, Route::Exact(exact) if exact == path));
-        if let Some((_, component)) = exact {
-            return Some(component.clone());
+        self.shared.route(path)
+    }
+
+    /// Serves the app's public routes on `listener`, as `spin up` does on its address, until
+    /// the app is dropped; a timer's request to `app_origin` then reaches the app.
+    pub fn serve(&self, listener: std::net::TcpListener) -> anyhow::Result<()> {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let Some(app) = shared.upgrade() else { break };
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let app = app.clone();
+                        async move { answer_listener(&app, request).await }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    // A client that goes away mid-request ends only its own connection.
+                    let _closed = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits until no invocation of the app is running: components that answered and work on
+    /// (the timer's runs) have finished too.
+    pub async fn settle(&self) {
+        while self.shared.in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.shared
-            .routes
-            .iter()
-            .filter_map(|(route, component)| match route {
-                Route::Wildcard(prefix)
-                    if path == prefix
-                        || path.starts_with(prefix.as_str())
-                            && path[prefix.len()..].starts_with('/')
-                        || prefix.is_empty() =>
-                {
-                    Some((prefix.len(), component))
-                }
-                _ => None,
-            })
-            .max_by_key(|(len, _)| *len)
-            .map(|(_, component)| component.clone())
     }
 
     /// Fires `component`'s cron trigger as the cron plugin does, with `timestamp` (seconds since
@@ -1222,7 +1381,8 @@ impl App {
             .cron
             .clone()
             .with_context(|| format!("component {component} has no cron trigger"))?;
-        let (mut store, pipes) = self.shared.new_store(&guest, 0);
+        let (mut store, pipes) = self.shared.new_store(&guest, 0, Trigger::Cron);
+        let _running = InFlight::new(&self.shared);
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance

@@ -6,6 +6,72 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail, ensure};
 use toml::{Table, Value};
 
+/// The host feature a component listing a `*.spin.internal` host requires.
+const SERVICE_CHAINING: &str = "local_service_chaining";
+
+/// Fields Spin's manifest schema (v2) knows at each level; it refuses any other.
+const ROOT_FIELDS: &[&str] = &[
+    "spin_manifest_version",
+    "application",
+    "variables",
+    "trigger",
+    "component",
+];
+const APPLICATION_FIELDS: &[&str] = &[
+    "name",
+    "version",
+    "description",
+    "authors",
+    "targets",
+    "trigger",
+    "tool",
+];
+const COMPONENT_FIELDS: &[&str] = &[
+    "source",
+    "description",
+    "variables",
+    "environment",
+    "files",
+    "exclude_files",
+    "allowed_http_hosts",
+    "allowed_outbound_hosts",
+    "key_value_stores",
+    "sqlite_databases",
+    "ai_models",
+    "build",
+    "tool",
+    "dependencies_inherit_configuration",
+    "dependencies",
+];
+/// Fields of each trigger type's config: Spin's `HttpTriggerConfig` and the cron plugin's
+/// `CronTriggerConfig` (both `deny_unknown_fields`), with the manifest's own `id`.
+const HTTP_TRIGGER_FIELDS: &[&str] = &["id", "component", "route", "executor", "static_response"];
+const CRON_TRIGGER_FIELDS: &[&str] = &["id", "component", "cron_expression"];
+
+fn only_fields(table: &Table, known: &[&str], what: &str) -> anyhow::Result<()> {
+    for key in table.keys() {
+        ensure!(
+            known.contains(&key.as_str()),
+            "{what} has unknown field `{key}` (Spin refuses fields it does not know)"
+        );
+    }
+    Ok(())
+}
+
+/// Spin's labels (stores, databases): kebab-case or snake_case words, each starting with a
+/// letter.
+fn is_label(label: &str) -> bool {
+    let words: Vec<&str> = label.split(['-', '_']).collect();
+    let one_separator = !(label.contains('-') && label.contains('_'));
+    one_separator
+        && words.iter().all(|word| {
+            word.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
+}
+
 /// An application variable (`[variables]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VariableSpec {
@@ -112,6 +178,10 @@ impl Manifest {
 
     pub fn parse(text: &str, folder: &Path) -> anyhow::Result<Manifest> {
         let root: Table = text.parse().context("not valid TOML")?;
+        only_fields(&root, ROOT_FIELDS, "the manifest")?;
+        if let Some(application) = root.get("application").and_then(Value::as_table) {
+            only_fields(application, APPLICATION_FIELDS, "[application]")?;
+        }
         let version = root
             .get("spin_manifest_version")
             .and_then(Value::as_integer);
@@ -170,14 +240,21 @@ impl Manifest {
             }
         }
         for trigger in &self.cron_triggers {
-            let fields = trigger.cron_expression.split_whitespace().count();
-            ensure!(
-                (6..=7).contains(&fields),
-                "cron expression {:?} of {} must have 6 or 7 fields (seconds first)",
-                trigger.cron_expression,
-                trigger.component
-            );
+            // As the cron trigger plugin parses it (tokio-cron-scheduler 0.13 over croner 2.1).
+            croner::Cron::new(&trigger.cron_expression)
+                .with_seconds_required()
+                .with_dom_and_dow()
+                .parse()
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cron expression {:?} of {} is not one the cron trigger takes \
+                         (six fields, seconds first): {e}",
+                        trigger.cron_expression,
+                        trigger.component
+                    )
+                })?;
         }
+        self.check_host_requirements()?;
         for component in self.components.values() {
             let templates = component
                 .variables
@@ -191,6 +268,43 @@ impl Manifest {
                         component.id
                     );
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Spin's start-up check (`LockedApp::ensure_needs_only`): each trigger refuses to run a
+    /// component that needs a host feature it lacks. Listing a `*.spin.internal` host needs
+    /// `local_service_chaining`, which only the HTTP trigger supports.
+    fn check_host_requirements(&self) -> anyhow::Result<()> {
+        let kinds: [(&str, Vec<&String>, &[&str]); 2] = [
+            (
+                "http",
+                self.http_triggers.iter().map(|t| &t.component).collect(),
+                &[SERVICE_CHAINING],
+            ),
+            (
+                "cron",
+                self.cron_triggers.iter().map(|t| &t.component).collect(),
+                &[],
+            ),
+        ];
+        for (kind, components, supported) in kinds {
+            let needs_chaining = components.iter().any(|id| {
+                self.components[*id]
+                    .allowed_outbound_hosts
+                    .iter()
+                    .any(|entry| {
+                        // Spin parses the entry as written: a template is not a chaining host.
+                        crate::outbound::AllowedHost::parse(entry)
+                            .is_ok_and(|host| host.is_for_service_chaining())
+                    })
+            });
+            if needs_chaining && !supported.contains(&SERVICE_CHAINING) {
+                bail!(
+                    "This application requires the following features that are not available \
+                     in this version of the '{kind}' trigger: {SERVICE_CHAINING}"
+                );
             }
         }
         Ok(())
@@ -296,7 +410,13 @@ fn parse_component(id: &str, spec: &Value, folder: &Path) -> anyhow::Result<Comp
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
         "component ids are kebab-case"
     );
+    ensure!(
+        id.split('-')
+            .all(|word| word.chars().next().is_some_and(|c| c.is_ascii_lowercase())),
+        "component ids are kebab-case: words of letters and digits, each starting with a letter"
+    );
     let spec = spec.as_table().context("must be a table")?;
+    only_fields(spec, COMPONENT_FIELDS, "the component")?;
     let source = spec
         .get("source")
         .and_then(Value::as_str)
@@ -314,10 +434,17 @@ fn parse_component(id: &str, spec: &Value, folder: &Path) -> anyhow::Result<Comp
             variables.insert(name.clone(), value.to_string());
         }
     }
+    let key_value_stores = string_list(spec, "key_value_stores")?;
+    for label in &key_value_stores {
+        ensure!(
+            is_label(label),
+            "key-value store label {label:?} must be kebab-case or snake_case"
+        );
+    }
     Ok(ComponentSpec {
         id: id.to_string(),
         source: folder.join(source),
-        key_value_stores: string_list(spec, "key_value_stores")?,
+        key_value_stores,
         allowed_outbound_hosts: string_list(spec, "allowed_outbound_hosts")?,
         variables,
     })
@@ -343,6 +470,11 @@ fn parse_triggers(value: Option<&Value>) -> anyhow::Result<(Vec<HttpTrigger>, Ve
                 .and_then(Value::as_str)
                 .with_context(|| format!("a [[trigger.{kind}]] needs a `component`"))?
                 .to_string();
+            match kind.as_str() {
+                "http" => only_fields(trigger, HTTP_TRIGGER_FIELDS, "an HTTP trigger")?,
+                "cron" => only_fields(trigger, CRON_TRIGGER_FIELDS, "a cron trigger")?,
+                _ => {}
+            }
             match kind.as_str() {
                 "http" => {
                     let route = trigger.get("route").with_context(|| {

@@ -15,6 +15,8 @@ pub struct AllowedHost {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HostPattern {
     Any,
+    /// `self` or `self.alt`: requests to the app itself (relative URLs).
+    ToSelf,
     Exact(String),
     SubdomainOf(String),
 }
@@ -46,6 +48,7 @@ impl AllowedHost {
         let scheme = (scheme != "*").then(|| scheme.to_ascii_lowercase());
         let host = match host {
             "*" => HostPattern::Any,
+            "self" | "self.alt" => HostPattern::ToSelf,
             h if h.starts_with("*.") => HostPattern::SubdomainOf(h[1..].to_ascii_lowercase()),
             h if h.contains('*') => bail!("allowed host {entry:?} has a wildcard inside its host"),
             h => HostPattern::Exact(h.to_ascii_lowercase()),
@@ -85,10 +88,32 @@ impl AllowedHost {
         self.scheme.as_deref().is_none_or(|s| s == scheme)
             && match &self.host {
                 HostPattern::Any => true,
+                HostPattern::ToSelf => false,
                 HostPattern::Exact(h) => *h == host,
                 HostPattern::SubdomainOf(suffix) => host.ends_with(suffix.as_str()),
             }
             && (self.any_port || self.port == Some(port))
+    }
+}
+
+impl AllowedHost {
+    /// Whether this entry lets a component send requests to its own app (Spin: an HTTP or
+    /// HTTPS scheme, and the host `self` or `*`).
+    pub fn allows_self(&self) -> bool {
+        self.scheme
+            .as_deref()
+            .is_none_or(|s| s == "http" || s == "https")
+            && matches!(self.host, HostPattern::Any | HostPattern::ToSelf)
+    }
+
+    /// Whether this entry names a `*.spin.internal` host: a component listing one requires
+    /// local service chaining, which only Spin's HTTP trigger supports.
+    pub fn is_for_service_chaining(&self) -> bool {
+        match &self.host {
+            HostPattern::Exact(host) => host.ends_with(".spin.internal"),
+            HostPattern::SubdomainOf(suffix) => suffix == ".spin.internal",
+            _ => false,
+        }
     }
 }
 
@@ -128,6 +153,28 @@ mod tests {
         let sub = AllowedHost::parse("https://*.example.com").unwrap();
         assert!(sub.allows("https", "a.example.com", 443));
         assert!(!sub.allows("https", "example.com.evil", 443));
+    }
+
+    #[test]
+    fn self_and_chaining_entries() {
+        let me = AllowedHost::parse("http://self").unwrap();
+        assert!(me.allows_self() && !me.allows("http", "self", 80));
+        assert!(!AllowedHost::parse("http://a.com").unwrap().allows_self());
+        assert!(
+            AllowedHost::parse("http://x.spin.internal")
+                .unwrap()
+                .is_for_service_chaining()
+        );
+        assert!(
+            AllowedHost::parse("http://*.spin.internal")
+                .unwrap()
+                .is_for_service_chaining()
+        );
+        assert!(
+            !AllowedHost::parse("http://127.0.0.1:3000")
+                .unwrap()
+                .is_for_service_chaining()
+        );
     }
 
     #[test]

@@ -4,7 +4,10 @@ use archiver_tests::App;
 
 fn archiver() -> App {
     App::builder("spin.toml")
+        .listening("app_origin")
+        .unwrap()
         .variable("admin_token", "test-admin-token")
+        .variable("timer_token", "test-timer-token")
         .variable("staging_key", "00".repeat(32))
         .variable("jmap_password", "test-jmap-password")
         .build()
@@ -45,20 +48,119 @@ async fn the_admin_api_answers_under_api_and_nothing_else_is_routed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_daily_timer_records_its_run() {
+async fn the_daily_timer_reaches_the_app_through_its_listener_and_records_the_event() {
     let app = archiver();
     assert_eq!(
-        app.fire_cron("archive-fetch", 1_764_122_400).await.unwrap(),
+        app.fire_cron("archive-timer", 1_764_122_400).await.unwrap(),
         Ok(())
     );
+    app.settle().await;
     assert_eq!(
         app.kv_get("default", "fetch/last-timer-event")
             .unwrap()
             .as_deref(),
         Some(&b"1764122400"[..])
     );
+    assert_eq!(app.kv_get("default", "timer/last-failure").unwrap(), None);
     assert!(
         app.fire_cron("archive-setup", 1).await.is_err(),
         "setup has no timer"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_timer_route_takes_the_timers_token_only() {
+    let app = archiver();
+    let event = |token: &str| {
+        http::Request::post("/api/timer")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(bytes::Bytes::from_static(b"{\"timestamp\": 1764122400}"))
+            .unwrap()
+    };
+    for wrong in ["test-admin-token", "", "test-timer-tokenx"] {
+        let refused = app.send(event(wrong)).await.unwrap();
+        assert_eq!(refused.status, 401, "{wrong}");
+    }
+    assert_eq!(
+        app.kv_get("default", "fetch/last-timer-event").unwrap(),
+        None
+    );
+    let accepted = app.send(event("test-timer-token")).await.unwrap();
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    assert_eq!(accepted.json().unwrap()["started"], serde_json::json!([]));
+    let bad = http::Request::post("/api/timer")
+        .header("authorization", "Bearer test-timer-token")
+        .header("content-type", "application/json")
+        .body(bytes::Bytes::from_static(b"{\"when\": 1}"))
+        .unwrap();
+    assert_eq!(app.send(bad).await.unwrap().status, 400);
+    app.settle().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timer_that_cannot_reach_the_app_retries_then_says_why_and_the_next_event_clears_it() {
+    // A listener that is not up at the event's start is reached by a later try of the event.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let app = App::builder("spin.toml")
+        .variable("app_origin", origin)
+        .variable("admin_token", "test-admin-token")
+        .variable("timer_token", "test-timer-token")
+        .variable("timer_retry_seconds", "8")
+        .variable("staging_key", "00".repeat(32))
+        .variable("jmap_password", "test-jmap-password")
+        .build()
+        .unwrap();
+    let late = async {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        app.serve(listener).unwrap();
+    };
+    // Until then the port is bound but not served: the first tries fail, a later one gets in.
+    let (fired, ()) = tokio::join!(app.fire_cron("archive-timer", 1_764_122_400), late);
+    assert_eq!(fired.unwrap(), Ok(()), "{}", app.logs());
+    app.settle().await;
+    assert_eq!(
+        app.kv_get("default", "fetch/last-timer-event")
+            .unwrap()
+            .as_deref(),
+        Some(&b"1764122400"[..])
+    );
+
+    // A wrong app_origin: tried within the budget, then logged and recorded with its reason.
+    let unreachable = App::builder("spin.toml")
+        .kv_file(app.kv_path())
+        .variable("app_origin", "http://127.0.0.1:9")
+        .variable("admin_token", "test-admin-token")
+        .variable("timer_token", "test-timer-token")
+        .variable("timer_retry_seconds", "1")
+        .variable("staging_key", "00".repeat(32))
+        .variable("jmap_password", "test-jmap-password")
+        .build()
+        .unwrap();
+    let fired = unreachable
+        .fire_cron("archive-timer", 1_764_208_800)
+        .await
+        .unwrap();
+    let reason = fired.unwrap_err();
+    assert!(
+        reason.contains("the timer could not start runs")
+            && reason.contains("http://127.0.0.1:9")
+            && reason.contains("could not be reached"),
+        "{reason}"
+    );
+    assert!(!reason.contains("test-timer-token"), "{reason}");
+    let recorded = app
+        .kv_get("default", "timer/last-failure")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&recorded).contains("could not be reached"));
+
+    // The next event that gets through clears the record.
+    assert_eq!(
+        app.fire_cron("archive-timer", 1_764_295_200).await.unwrap(),
+        Ok(())
+    );
+    app.settle().await;
+    assert_eq!(app.kv_get("default", "timer/last-failure").unwrap(), None);
 }

@@ -5,7 +5,12 @@ use std::collections::BTreeSet;
 use archiver_tests::{read_toml, template_names};
 use toml::{Table, Value};
 
-const COMPONENTS: [&str; 3] = ["archive-fetch", "archive-setup", "archive-import"];
+const COMPONENTS: [&str; 4] = [
+    "archive-fetch",
+    "archive-setup",
+    "archive-import",
+    "archive-timer",
+];
 
 fn manifest() -> Table {
     read_toml("spin.toml").expect("spin.toml")
@@ -68,11 +73,11 @@ fn every_workspace_component_is_declared_with_its_source_and_build() {
 }
 
 #[test]
-fn triggers_are_the_daily_timer_the_admin_api_and_a_private_import() {
+fn triggers_are_the_daily_timer_the_admin_api_and_private_fetch_and_import() {
     let manifest = manifest();
     let cron = triggers(&manifest, "cron");
     assert_eq!(cron.len(), 1);
-    assert_eq!(cron[0]["component"].as_str(), Some("archive-fetch"));
+    assert_eq!(cron[0]["component"].as_str(), Some("archive-timer"));
     let expression = cron[0]["cron_expression"].as_str().unwrap();
     assert_eq!(
         expression, "0 0 2 * * *",
@@ -168,12 +173,28 @@ fn components_get_only_the_store_and_hosts_they_need() {
             }
         }
     }
+    // The timer runs on the cron trigger, which cannot chain: it may call the app's origin only.
+    let timer = component(&manifest, "archive-timer");
+    assert_eq!(
+        strings(timer.get("allowed_outbound_hosts")),
+        ["{{ app_origin }}"]
+    );
+    assert!(
+        http_components(&manifest).all(|id| id != "archive-timer"),
+        "the timer is cron-only"
+    );
     let import = component(&manifest, "archive-import");
     let import_hosts = strings(import.get("allowed_outbound_hosts"));
     assert!(
         import_hosts.iter().all(|h| !h.contains("source_origin")),
         "import talks to mailboxes, never to the archive source"
     );
+}
+
+fn http_components(manifest: &Table) -> impl Iterator<Item = String> + '_ {
+    triggers(manifest, "http")
+        .into_iter()
+        .filter_map(|t| t["component"].as_str().map(str::to_string))
 }
 
 #[test]

@@ -18,6 +18,8 @@ const DOMAIN: &str = "sms.archive.invalid";
 const FOLDER: &str = "AT&T SMS/MMS Network Archiver";
 /// 2026-11-26T02:00:00Z, the timer of the day after the messages.
 const TIMER: u64 = 1_795_658_400;
+/// The token the daily timer sends to the app's `POST /api/timer`.
+const TIMER_TOKEN: &str = "pipeline-timer-token";
 
 fn person(phone: &str, email: Option<&str>, name: Option<&str>) -> Value {
     json!({ "phone": phone, "email": email, "name": name })
@@ -362,7 +364,7 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
     .await;
 
     assert_eq!(
-        app.fire_cron("archive-fetch", TIMER).await.unwrap(),
+        fire_timer(&app, TIMER).await.unwrap(),
         Ok(()),
         "{}",
         app.logs()
@@ -483,7 +485,7 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
 
     // The next timer event re-reads the overlap (and m05's late re-delivery): nothing is added.
     assert_eq!(
-        app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap(),
+        fire_timer(&app, TIMER + 3600).await.unwrap(),
         Ok(()),
         "{}",
         app.logs()
@@ -567,7 +569,11 @@ fn builder(
     session_url: &str,
 ) -> archiver_tests::AppBuilder {
     App::builder("spin.toml")
+        .listening("app_origin")
+        .unwrap()
         .variable("admin_token", TOKEN)
+        .variable("timer_token", TIMER_TOKEN)
+        .variable("timer_retry_seconds", "2")
         .variable("staging_key", "6b".repeat(32))
         .variable("source_origin", source.origin())
         .variable("jmap_origin", origin)
@@ -588,6 +594,50 @@ fn archiver_at(
         builder = builder.kv_file(kv);
     }
     builder.build().unwrap()
+}
+
+/// The daily timer fires as Spin's cron trigger fires it: the timer component hands the event to
+/// the app's listener, whose route starts the due runs. Waits until every invocation is done,
+/// then answers like the timer's result, and with the errors of every timer run it started
+/// that failed.
+async fn fire_timer(app: &App, timestamp: u64) -> anyhow::Result<Result<(), String>> {
+    let started = chrono::Utc::now();
+    let fired = app.fire_cron("archive-timer", timestamp).await?;
+    app.settle().await;
+    if let Err(reason) = fired {
+        return Ok(Err(reason));
+    }
+    let connectors = admin(
+        app,
+        "GET",
+        "/api/connectors",
+        "application/json",
+        String::new(),
+    )
+    .await;
+    let mut errors = Vec::new();
+    for connector in connectors["connectors"].as_array().into_iter().flatten() {
+        let id = connector["id"].as_str().unwrap_or_default();
+        let runs = admin(
+            app,
+            "GET",
+            &format!("/api/connectors/{id}/runs"),
+            "application/json",
+            String::new(),
+        )
+        .await;
+        for run in runs["runs"].as_array().into_iter().flatten() {
+            let requested: chrono::DateTime<chrono::Utc> =
+                run["requested_at"].as_str().unwrap_or_default().parse()?;
+            if run["trigger"] == "timer" && requested >= started && run["state"] != "succeeded" {
+                errors.push(format!("{id}: {}: {}", run["state"], run["error"]));
+            }
+        }
+    }
+    Ok(match errors.is_empty() {
+        true => Ok(()),
+        false => Err(errors.join("; ")),
+    })
 }
 
 /// Lets the connector's lease run out, as time passing after a stopped run would.
@@ -644,12 +694,7 @@ async fn source_and_destination_failures_lose_nothing_and_are_caught_up() {
 
     // The archive stays unavailable through every retry: the run fails, the window is kept.
     source.fail_next("/v1/messages", 503, 4);
-    assert!(
-        app.fire_cron("archive-fetch", TIMER)
-            .await
-            .unwrap()
-            .is_err()
-    );
+    assert!(fire_timer(&app, TIMER).await.unwrap().is_err());
     let status = status_of(&app, connector).await;
     assert_eq!(status["runs"][0]["state"], "failed");
     assert!(
@@ -673,12 +718,7 @@ async fn source_and_destination_failures_lose_nothing_and_are_caught_up() {
 
     // Refused credentials raise the health flag.
     source.set_password("rotated");
-    assert!(
-        app.fire_cron("archive-fetch", TIMER)
-            .await
-            .unwrap()
-            .is_err()
-    );
+    assert!(fire_timer(&app, TIMER).await.unwrap().is_err());
     let status = status_of(&app, connector).await;
     assert!(
         status["health"]["source_login_failure"]["reason"]
@@ -693,12 +733,7 @@ async fn source_and_destination_failures_lose_nothing_and_are_caught_up() {
     // server is down.
     source.fail_next("/v1/messages", 429, 1);
     source.inject("/v1/messages", Fault::Truncated, 1);
-    assert!(
-        app.fire_cron("archive-fetch", TIMER)
-            .await
-            .unwrap()
-            .is_err()
-    );
+    assert!(fire_timer(&app, TIMER).await.unwrap().is_err());
     let status = status_of(&app, connector).await;
     assert_eq!(
         status["health"]["source_login_failure"],
@@ -740,10 +775,7 @@ async fn source_and_destination_failures_lose_nothing_and_are_caught_up() {
         Some(app.kv_path()),
     );
     assert_eq!(
-        recovered
-            .fire_cron("archive-fetch", TIMER + 86_400)
-            .await
-            .unwrap(),
+        fire_timer(&recovered, TIMER + 86_400).await.unwrap(),
         Ok(()),
         "{}",
         recovered.logs()
@@ -795,7 +827,7 @@ async fn an_attachment_with_wrong_bytes_is_reported_and_retried_never_archived_w
     let connector = "att-damaged";
     create_connector(&app, &source, connector).await;
 
-    assert_eq!(app.fire_cron("archive-fetch", TIMER).await.unwrap(), Ok(()));
+    assert_eq!(fire_timer(&app, TIMER).await.unwrap(), Ok(()));
     let status = status_of(&app, connector).await;
     let reasons: Vec<&str> = status["not_imported"]
         .as_array()
@@ -825,10 +857,7 @@ async fn an_attachment_with_wrong_bytes_is_reported_and_retried_never_archived_w
 
     // The archive serves the right bytes now: the next run takes the same window again.
     source.add_attachment("a-doc", "application/pdf", right);
-    assert_eq!(
-        app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap(),
-        Ok(())
-    );
+    assert_eq!(fire_timer(&app, TIMER + 3600).await.unwrap(), Ok(()));
     let delivered = folder_contents(&jmap, "grace@acme.example").await;
     assert_eq!(delivered[&item]["attachments"][0]["size"], 300_000);
 }
@@ -858,7 +887,7 @@ async fn a_crash_at_any_key_value_write_loses_nothing_and_duplicates_nothing() {
         create_connector(&app, &source, "att-crash").await;
 
         app.crash_after_kv_writes(Some(writes_before_crash));
-        let first = app.fire_cron("archive-fetch", TIMER).await;
+        let first = fire_timer(&app, TIMER).await;
         app.crash_after_kv_writes(None);
         if matches!(first, Ok(Ok(()))) {
             break; // past the last write: every crash point was tried
@@ -904,7 +933,7 @@ async fn a_crash_at_any_key_value_write_loses_nothing_and_duplicates_nothing() {
         }
         // The stopped run's lease runs out before the next run.
         expire_lease(&app, "att-crash");
-        let second = app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap();
+        let second = fire_timer(&app, TIMER + 3600).await.unwrap();
         assert_eq!(
             second,
             Ok(()),
@@ -959,12 +988,7 @@ async fn a_mail_server_error_keeps_the_item_staged_until_it_is_delivered_once() 
 
     // Heidi's copy uploads; Grace's upload meets a 503 (the order is the message's).
     app.fail_outbound("http://127.0.0.1:18080/jmap/upload/grace", 503, 1);
-    assert!(
-        app.fire_cron("archive-fetch", TIMER)
-            .await
-            .unwrap()
-            .is_err()
-    );
+    assert!(fire_timer(&app, TIMER).await.unwrap().is_err());
     let status = status_of(&app, "att-5xx").await;
     assert!(
         status["runs"][0]["error"].as_str().unwrap().contains("503"),
@@ -982,10 +1006,7 @@ async fn a_mail_server_error_keeps_the_item_staged_until_it_is_delivered_once() 
             .contains_key(&item)
     );
 
-    assert_eq!(
-        app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap(),
-        Ok(())
-    );
+    assert_eq!(fire_timer(&app, TIMER + 3600).await.unwrap(), Ok(()));
     assert!(
         folder_contents(&jmap, "grace@acme.example")
             .await
@@ -1029,7 +1050,7 @@ async fn a_group_mms_is_read_from_staging_once_for_all_its_copies() {
     create_connector(&app, &source, connector).await;
     app.watch_kv_reads(&format!("stage/{connector}/"));
 
-    assert_eq!(app.fire_cron("archive-fetch", TIMER).await.unwrap(), Ok(()));
+    assert_eq!(fire_timer(&app, TIMER).await.unwrap(), Ok(()));
     for user in ["heidi@acme.example", "grace@acme.example"] {
         assert!(
             folder_contents(&jmap, user).await.contains_key(&item),
@@ -1079,7 +1100,7 @@ async fn a_60_mb_attachment_is_archived_whole() {
     let app = archiver(&source);
     create_connector(&app, &source, "att-big").await;
     assert_eq!(
-        app.fire_cron("archive-fetch", TIMER).await.unwrap(),
+        fire_timer(&app, TIMER).await.unwrap(),
         Ok(()),
         "{}",
         app.logs()
@@ -1131,7 +1152,7 @@ fn three_texts(source: &SourceSimulator, prefix: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_run_finding_another_run_in_progress_does_nothing_until_its_lease_ends() {
+async fn a_run_asked_for_while_another_holds_the_connector_is_queued_and_runs_after_it() {
     let jmap = Jmap::connect().await;
     let source = SourceSimulator::start("att-admin", "archive-password").await;
     let ids = three_texts(&source, "l");
@@ -1143,43 +1164,53 @@ async fn a_run_finding_another_run_in_progress_does_nothing_until_its_lease_ends
     app.kv_set("default", &key, foreign.to_string().as_bytes())
         .unwrap();
 
-    let refused = app.fire_cron("archive-fetch", TIMER).await.unwrap();
+    // The timer leaves the connector to the run holding it: no run, nothing fetched.
+    assert_eq!(fire_timer(&app, TIMER).await.unwrap(), Ok(()));
+    assert_eq!(status_of(&app, "att-leased").await["runs"], json!([]));
+    // The admin's backfill waits for the connector, queued, saying why.
+    let queued = admin(
+        &app,
+        "POST",
+        "/api/connectors/att-leased/runs",
+        "application/json",
+        json!({ "since": "2026-11-24T00:00:00Z", "until": "2026-11-26T00:00:00Z" }).to_string(),
+    )
+    .await;
+    assert_eq!(queued["state"], "queued", "{queued}");
     assert!(
-        refused
-            .as_ref()
-            .is_err_and(|e| e.contains("run-on-another-host")),
-        "{refused:?}"
-    );
-    let runs = status_of(&app, "att-leased").await;
-    assert_eq!(runs["runs"][0]["state"], "failed", "{runs}");
-    assert!(
-        runs["runs"][0]["error"]
+        queued["error"]
             .as_str()
-            .unwrap()
-            .contains("in progress")
+            .is_some_and(|e| e.contains("run-on-another-host")),
+        "{queued}"
     );
+    app.settle().await;
     assert!(
         !source
             .requests()
             .iter()
             .any(|r| r.1.starts_with("/v1/messages")),
-        "the refused run fetched nothing"
+        "nothing fetched while the other run holds the connector"
     );
-    let grace_before = folder_contents(&jmap, "grace@acme.example").await;
-    assert!(ids.iter().all(|id| !grace_before.contains_key(id)));
     assert_eq!(
         app.kv_get("default", &key).unwrap().unwrap(),
         foreign.to_string().as_bytes(),
         "the other run's lease is untouched"
     );
 
+    // When the connector is free, the next run takes it and then runs the queued backfill.
     expire_lease(&app, "att-leased");
     assert_eq!(
-        app.fire_cron("archive-fetch", TIMER + 60).await.unwrap(),
+        fire_timer(&app, TIMER + 60).await.unwrap(),
         Ok(()),
         "{}",
         app.logs()
     );
+    let runs = status_of(&app, "att-leased").await["runs"].clone();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r["state"] == "succeeded"), "{runs:?}");
+    let backfill = runs.iter().find(|r| r["trigger"] == "manual").unwrap();
+    assert_eq!(backfill["id"], queued["id"]);
     let delivered = folder_contents(&jmap, "grace@acme.example").await;
     assert!(ids.iter().all(|id| delivered.contains_key(id)));
 }
@@ -1205,30 +1236,32 @@ async fn the_timer_and_a_manual_run_at_once_deliver_each_text_once() {
             .unwrap();
         app.send(request).await.unwrap()
     };
-    let (timer, manual) = tokio::join!(app.fire_cron("archive-fetch", TIMER), manual);
-    let timer = timer.unwrap();
+    let (timer, manual) = tokio::join!(fire_timer(&app, TIMER), manual);
+    assert_eq!(timer.unwrap(), Ok(()));
     assert_eq!(manual.status, 202, "{}", manual.text());
+    app.settle().await;
 
+    // The backfill ran, at once or queued after the timer's run; the timer's run either ran or
+    // left the connector to the backfill. Never both at once.
     let status = status_of(&app, "att-overlap").await;
     let runs = status["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 2, "{status}");
-    let refused: Vec<&Value> = runs
+    let backfill: Vec<&Value> = runs.iter().filter(|r| r["trigger"] == "manual").collect();
+    assert_eq!(backfill.len(), 1, "{status}");
+    assert_eq!(backfill[0]["state"], "succeeded", "{status}");
+    assert!(runs.iter().all(|r| r["state"] == "succeeded"), "{status}");
+    let fetched: u64 = runs
         .iter()
-        .filter(|r| {
-            r["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("in progress"))
-        })
-        .collect();
-    let succeeded: Vec<&Value> = runs.iter().filter(|r| r["state"] == "succeeded").collect();
+        .map(|r| r["figures"]["fetched"].as_u64().unwrap())
+        .sum();
+    let imported: u64 = runs
+        .iter()
+        .map(|r| r["figures"]["imported"].as_u64().unwrap())
+        .sum();
+    assert!(fetched >= 3, "{status}");
     assert_eq!(
-        (refused.len(), succeeded.len()),
-        (1, 1),
-        "one run works, the other finds it in progress: {status} (timer: {timer:?})"
+        imported, 6,
+        "each text once for each of its two users: {status}"
     );
-    assert_eq!(refused[0]["figures"]["fetched"], 0);
-    assert_eq!(succeeded[0]["figures"]["fetched"], 3, "{status}");
-    assert_eq!(succeeded[0]["figures"]["imported"], 6, "{status}");
     for user in ["grace@acme.example", "heidi@acme.example"] {
         let delivered = folder_contents(&jmap, user).await;
         assert!(ids.iter().all(|id| delivered.contains_key(id)), "{user}");
@@ -1273,7 +1306,7 @@ async fn one_email_failing_inside_a_batch_is_retried_and_the_others_land_once() 
         Some(Rewrite::Body(request.to_string().into_bytes()))
     });
 
-    let first = app.fire_cron("archive-fetch", TIMER).await.unwrap();
+    let first = fire_timer(&app, TIMER).await.unwrap();
     assert!(first.is_err(), "a copy failed: the run says so");
     let status = status_of(&app, "att-partial").await;
     let run = &status["runs"][0];
@@ -1297,7 +1330,7 @@ async fn one_email_failing_inside_a_batch_is_retried_and_the_others_land_once() 
     );
 
     assert_eq!(
-        app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap(),
+        fire_timer(&app, TIMER + 3600).await.unwrap(),
         Ok(()),
         "{}",
         app.logs()
@@ -1339,7 +1372,7 @@ async fn a_message_the_mail_server_refuses_is_reported_with_its_reason_and_not_r
     });
 
     assert_eq!(
-        app.fire_cron("archive-fetch", TIMER).await.unwrap(),
+        fire_timer(&app, TIMER).await.unwrap(),
         Ok(()),
         "a refusal is an outcome, not a failure of the run"
     );
@@ -1370,10 +1403,7 @@ async fn a_message_the_mail_server_refuses_is_reported_with_its_reason_and_not_r
     assert!(ids.iter().all(|id| !grace.contains_key(id)));
 
     // The next run does not try again: the items are settled, and staging is purged.
-    assert_eq!(
-        app.fire_cron("archive-fetch", TIMER + 3600).await.unwrap(),
-        Ok(())
-    );
+    assert_eq!(fire_timer(&app, TIMER + 3600).await.unwrap(), Ok(()));
     let again = &status_of(&app, "att-refused").await["runs"][0];
     assert_eq!(again["figures"]["available_for_import"], 0, "{again}");
     assert!(
@@ -1396,7 +1426,7 @@ async fn an_archive_error_500_or_a_page_that_is_not_json_is_asked_for_again() {
     source.inject("/v1/messages", Fault::NotJson, 2);
 
     assert_eq!(
-        app.fire_cron("archive-fetch", TIMER).await.unwrap(),
+        fire_timer(&app, TIMER).await.unwrap(),
         Ok(()),
         "{}",
         app.logs()
@@ -1426,7 +1456,7 @@ async fn an_archive_that_stalls_is_given_up_on_after_the_timeout_and_asked_again
 
     let started = std::time::Instant::now();
     assert_eq!(
-        app.fire_cron("archive-fetch", TIMER).await.unwrap(),
+        fire_timer(&app, TIMER).await.unwrap(),
         Ok(()),
         "{}",
         app.logs()
@@ -1458,12 +1488,7 @@ async fn an_item_undelivered_past_the_retention_is_purged_and_reported() {
     create_connector(&app, &source, "att-expiry").await;
     // Grace's mailbox fails the whole first run: her copies stay staged.
     app.fail_outbound("http://127.0.0.1:18080/jmap/upload/grace", 503, 3);
-    assert!(
-        app.fire_cron("archive-fetch", TIMER)
-            .await
-            .unwrap()
-            .is_err()
-    );
+    assert!(fire_timer(&app, TIMER).await.unwrap().is_err());
     assert!(
         app.kv_keys("default")
             .unwrap()
@@ -1479,10 +1504,7 @@ async fn an_item_undelivered_past_the_retention_is_purged_and_reported() {
         .build()
         .unwrap();
     assert_eq!(
-        later
-            .fire_cron("archive-fetch", TIMER + 3600)
-            .await
-            .unwrap(),
+        fire_timer(&later, TIMER + 3600).await.unwrap(),
         Ok(()),
         "{}",
         later.logs()
@@ -1555,22 +1577,15 @@ async fn a_three_day_outage_is_caught_up_day_by_day_with_no_gap() {
     let app = archiver(&source);
     create_connector(&app, &source, "att-days").await;
 
-    assert_eq!(app.fire_cron("archive-fetch", TIMER).await.unwrap(), Ok(()));
+    assert_eq!(fire_timer(&app, TIMER).await.unwrap(), Ok(()));
     // The archive is down for the next two daily runs.
     source.fail_next("/v1/", 503, 8);
     for n in 1..=2 {
-        assert!(
-            app.fire_cron("archive-fetch", TIMER + n * day)
-                .await
-                .unwrap()
-                .is_err()
-        );
+        assert!(fire_timer(&app, TIMER + n * day).await.unwrap().is_err());
     }
     let before = source.requests().len();
     assert_eq!(
-        app.fire_cron("archive-fetch", TIMER + 3 * day)
-            .await
-            .unwrap(),
+        fire_timer(&app, TIMER + 3 * day).await.unwrap(),
         Ok(()),
         "{}",
         app.logs()
@@ -1633,7 +1648,7 @@ async fn a_large_attachment_is_fetched_across_steps_each_range_once() {
     let app = archiver_with(&source, &[("step_max_bytes", "4194304")]);
     create_connector(&app, &source, "att-steps").await;
     assert_eq!(
-        app.fire_cron("archive-fetch", TIMER).await.unwrap(),
+        fire_timer(&app, TIMER).await.unwrap(),
         Ok(()),
         "{}",
         app.logs()

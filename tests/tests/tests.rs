@@ -5,4 +5,5 @@ mod host;
 mod manifest_checks;
 mod pipeline;
 mod setup;
+mod spin_checks;
 mod util;

@@ -47,28 +47,53 @@ impl Config {
     }
 }
 
-/// The timer: one run per enabled connector, each independent of the others' failures.
-pub async fn on_timer(timestamp: u64) -> anyhow::Result<()> {
+/// The runs one timer event started, each holding its connector's lease.
+pub struct StartedRuns {
+    runs: Vec<(Connector, Run)>,
+}
+
+impl StartedRuns {
+    /// The runs' ids, by connector.
+    pub fn view(&self) -> serde_json::Value {
+        self.runs
+            .iter()
+            .map(|(connector, run)| serde_json::json!({ "connector": connector.id, "run": run.id }))
+            .collect()
+    }
+
+    /// Takes every run through its steps, one connector after another, each independent of the
+    /// others' failures; then the runs queued meanwhile.
+    pub async fn execute(self) {
+        let Ok(store) = SpinStore::open() else {
+            eprintln!("timer runs: the key-value store cannot be opened");
+            return;
+        };
+        let state = State::new(&store);
+        for (connector, mut run) in self.runs {
+            if let Err(e) = drive_and_release(&state, &connector, &mut run).await {
+                eprintln!("run {} of {}: {e:#}", run.id, connector.id);
+            }
+            after_run(&connector.id).await;
+        }
+    }
+}
+
+/// A timer event: records it, then starts a run for every enabled connector whose lease is free.
+/// A connector another run holds is left to that run: the next event catches up from the
+/// watermark, so every replica's timer may fire at once and one run per connector works.
+pub async fn start_timer_runs(timestamp: u64) -> anyhow::Result<StartedRuns> {
     let store = SpinStore::open()?;
     store_timer_event(&store, timestamp)?;
     let state = State::new(&store);
-    let connectors: Vec<Connector> = state
-        .connectors()?
-        .into_iter()
-        .filter(|c| c.enabled)
-        .collect();
-    if connectors.is_empty() {
-        return Ok(());
-    }
     let until = DateTime::from_timestamp(timestamp as i64, 0).context("timer timestamp")?;
-    let mut failures = Vec::new();
-    for connector in connectors {
+    let mut runs = Vec::new();
+    for connector in state.connectors()?.into_iter().filter(|c| c.enabled) {
         // Unique even when the timer fires twice for one time: runs are history, never overwritten.
         let now = Utc::now();
         let nanos = now.timestamp_nanos_opt().unwrap_or_default();
         let seed = format!("{}/{timestamp}/{nanos}", connector.id);
         let suffix = sha256_hex(seed.as_bytes())[..8].to_string();
-        let mut run = Run {
+        let run = Run {
             id: run_id(until, &suffix),
             connector: connector.id.clone(),
             trigger: RunTrigger::Timer,
@@ -82,15 +107,23 @@ pub async fn on_timer(timestamp: u64) -> anyhow::Result<()> {
             error: None,
             progress: Default::default(),
         };
-        if let Err(e) = execute(&state, &connector, &mut run).await {
-            failures.push(format!("{}: {e:#}", connector.id));
+        match archive_host::lease::take(&connector.id, &run.id, now) {
+            Ok(Ok(())) => {
+                state.put_run(&run)?;
+                runs.push((connector, run));
+            }
+            Ok(Err(other)) => eprintln!(
+                "timer event {timestamp}: connector {}: {}",
+                connector.id,
+                lease::busy_reason(&other)
+            ),
+            Err(e) => eprintln!(
+                "timer event {timestamp}: connector {}: the lease could not be taken: {e}",
+                connector.id
+            ),
         }
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        bail!("runs failed: {}", failures.join("; "))
-    }
+    Ok(StartedRuns { runs })
 }
 
 fn store_timer_event(store: &SpinStore, timestamp: u64) -> anyhow::Result<()> {
@@ -101,49 +134,113 @@ fn store_timer_event(store: &SpinStore, timestamp: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Executes a run the admin API queued.
+/// Executes a run the admin API queued, if the connector's lease is free; otherwise the run
+/// stays queued, and the run holding the connector executes it when it ends (see
+/// [`after_run`]). Answers the run as it stands.
 pub async fn run_queued(connector_id: &str, run_id: &str) -> anyhow::Result<serde_json::Value> {
     let store = SpinStore::open()?;
     let state = State::new(&store);
     let connector = state
         .connector(connector_id)?
         .context("no such connector")?;
-    let mut run = state.run(connector_id, run_id)?.context("no such run")?;
+    let run = state.run(connector_id, run_id)?.context("no such run")?;
     if run.state != RunState::Queued {
         bail!("run {run_id} is {:?}, not queued", run.state);
     }
-    if run.until.is_none() {
-        run.until = Some(Utc::now());
+    if let Some(mut run) = take_queued(&state, &connector, run)? {
+        drive_and_release(&state, &connector, &mut run).await?;
     }
-    execute(&state, &connector, &mut run).await?;
     let run = state.run(connector_id, run_id)?.context("run vanished")?;
     Ok(run.view())
 }
 
-/// Runs `run` under the connector's lease, so no other run works on the connector meanwhile.
-/// The run record says how it ended; an `Err` means it failed or could not even be recorded.
-async fn execute(
+/// The run, marked as started, if its connector's lease could be taken for it; `None` when
+/// another run holds the connector (the run stays queued, saying so).
+fn take_queued(
+    state: &State<'_, SpinStore>,
+    connector: &Connector,
+    mut run: Run,
+) -> anyhow::Result<Option<Run>> {
+    let busy = match archive_host::lease::take(&connector.id, &run.id, Utc::now()) {
+        Ok(Ok(())) => None,
+        Ok(Err(other)) => Some(format!(
+            "queued: run {} of this connector is in progress; this run starts when it ends",
+            other.holder
+        )),
+        Err(e) => Some(format!(
+            "queued: the connector's lease could not be taken ({e}); the next run that ends starts it"
+        )),
+    };
+    if let Some(reason) = busy {
+        run.error = Some(reason);
+        state.put_run(&run)?;
+        return Ok(None);
+    }
+    // Taken: a second invocation for the same run found the lease held and stopped, but one
+    // that read the record before this one must not start it again.
+    match state.run(&connector.id, &run.id)? {
+        Some(current) if current.state == RunState::Queued => {}
+        _ => {
+            release_lease(&connector.id, &run.id);
+            return Ok(None);
+        }
+    }
+    run.error = None;
+    if run.until.is_none() {
+        run.until = Some(Utc::now());
+    }
+    Ok(Some(run))
+}
+
+/// After a run ends: the runs asked for while it held the connector, oldest first, each under
+/// the lease again. Stops when another run holds the connector (that run goes on with them).
+pub async fn after_run(connector_id: &str) {
+    let result = async {
+        let store = SpinStore::open()?;
+        let state = State::new(&store);
+        loop {
+            let Some(connector) = state.connector(connector_id)? else {
+                return Ok(());
+            };
+            let mut queued: Vec<Run> = state
+                .runs(connector_id)?
+                .into_iter()
+                .filter(|run| run.state == RunState::Queued)
+                .collect();
+            queued.sort_by_key(|run| run.requested_at);
+            let Some(next) = queued.into_iter().next() else {
+                return Ok(());
+            };
+            let Some(mut run) = take_queued(&state, &connector, next)? else {
+                return Ok(());
+            };
+            if let Err(e) = drive_and_release(&state, &connector, &mut run).await {
+                eprintln!("run {} of {connector_id}: {e:#}", run.id);
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        let e: anyhow::Error = e;
+        eprintln!("the queued runs of {connector_id}: {e:#}");
+    }
+}
+
+fn release_lease(connector: &str, run: &str) {
+    if let Err(e) = archive_host::lease::release(connector, run, Utc::now()) {
+        eprintln!("run {run}: releasing the lease: {e}");
+    }
+}
+
+/// Drives a run whose lease is held, then gives the lease up. The run record says how it
+/// ended; an `Err` means it failed or could not even be recorded.
+async fn drive_and_release(
     state: &State<'_, SpinStore>,
     connector: &Connector,
     run: &mut Run,
 ) -> anyhow::Result<()> {
-    let busy = match archive_host::lease::acquire(&connector.id, &run.id, Utc::now()) {
-        Ok(Ok(())) => None,
-        Ok(Err(other)) => Some(lease::busy_reason(&other)),
-        Err(e) => Some(format!("the connector's lease could not be taken: {e}")),
-    };
-    if let Some(reason) = busy {
-        run.state = RunState::Failed;
-        run.started_at = Some(Utc::now());
-        run.finished_at = run.started_at;
-        run.error = Some(reason.clone());
-        state.put_run(run)?;
-        bail!(reason);
-    }
     let result = drive(state, connector, run).await;
-    if let Err(e) = archive_host::lease::release(&connector.id, &run.id, Utc::now()) {
-        eprintln!("run {}: releasing the lease: {e}", run.id);
-    }
+    release_lease(&connector.id, &run.id);
     result
 }
 

@@ -1,49 +1,56 @@
-//! The daily fetch. Fired by Spin's cron trigger, it starts a run for every enabled connector;
-//! a private HTTP route (`POST /runs/{connector}/{run}`, reached by chaining from the admin API)
-//! executes a queued run now. Either way the run takes the connector's lease and goes through
-//! steps, each a fresh invocation of bounded work reached by chaining: fetch steps
-//! (`POST /steps/{connector}/{run}` here) log in to the archive, page through the window and
-//! stage every valid message with its attachments; then the import component's steps deliver.
+//! The fetch stage, reachable only by local service chaining:
+//! - `POST /timer/{timestamp}` (from the admin API's timer route, which the daily timer calls)
+//!   starts a run for every enabled connector whose lease is free, answers at once with the runs
+//!   it started, and then takes them through their steps;
+//! - `POST /runs/{connector}/{run}` (from the admin API) executes a queued run now, or leaves it
+//!   queued while another run holds the connector: that run takes it up when it ends;
+//! - `POST /steps/{connector}/{run}` is one fetch step of a run: log in to the archive, page
+//!   through the window and stage every valid message with its attachments.
+//!
+//! After a run ends, the queued runs of its connector are executed in the order they were asked
+//! for, after the answer is sent.
 
 mod fetch;
 
-use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
 use spin_sdk::http_component;
 
-wit_bindgen::generate!({
-    world: "spin-cron",
-    path: "wit",
-});
-
-struct Fetch;
-
-impl Guest for Fetch {
-    fn handle_cron_event(metadata: Metadata) -> Result<(), Error> {
-        spin_executor::run(fetch::on_timer(metadata.timestamp))
-            .map_err(|e| Error::Other(format!("{e:#}")))
-    }
-}
-
-export!(Fetch);
-
 #[http_component]
-async fn handle_run_request(request: Request) -> Response {
-    let path = request.path().to_string();
+async fn handle_fetch_request(request: IncomingRequest, out: ResponseOutparam) {
+    let path = request.path_with_query().unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let answer = |result: anyhow::Result<serde_json::Value>| {
-        result
-            .map(|view| view.to_string())
-            .map_err(|e| format!("{e:#}"))
-    };
-    match (request.method(), segments.as_slice()) {
-        (Method::Post, ["runs", connector, run]) => archive_host::run_answer(
-            answer(fetch::run_queued(connector, run).await),
-            &format!("run {connector}/{run}"),
-        ),
-        (Method::Post, ["steps", connector, run]) => archive_host::run_answer(
-            answer(fetch::fetch_step(connector, run).await),
-            &format!("fetch step {connector}/{run}"),
-        ),
-        _ => Response::new(404, "no such route"),
+    let post = matches!(request.method(), Method::Post);
+    match (post, segments.as_slice()) {
+        (true, ["timer", timestamp]) => {
+            let Ok(timestamp) = timestamp.parse::<u64>() else {
+                return archive_host::answer(out, 400, "the timer timestamp is not a number").await;
+            };
+            match fetch::start_timer_runs(timestamp).await {
+                Ok(started) => {
+                    let view = serde_json::json!({ "started": started.view() });
+                    archive_host::answer(out, 202, &view.to_string()).await;
+                    started.execute().await;
+                }
+                Err(e) => {
+                    eprintln!("timer event {timestamp}: {e:#}");
+                    archive_host::answer(out, 500, &format!("{e:#}")).await;
+                }
+            }
+        }
+        (true, ["runs", connector, run]) => {
+            let context = format!("run {connector}/{run}");
+            let result = fetch::run_queued(connector, run).await;
+            let answer = result.as_ref().map(|view| view.to_string());
+            archive_host::answer_run(out, answer.map_err(|e| format!("{e:#}")), &context).await;
+            fetch::after_run(connector).await;
+        }
+        (true, ["steps", connector, run]) => {
+            let result = fetch::fetch_step(connector, run).await;
+            let answer = result.map(|view| view.to_string());
+            let context = format!("fetch step {connector}/{run}");
+            archive_host::answer_run(out, answer.map_err(|e| format!("{e:#}")), &context).await;
+        }
+        _ => archive_host::answer(out, 404, "no such route").await,
     }
 }

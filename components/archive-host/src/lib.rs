@@ -80,6 +80,48 @@ pub fn run_answer(result: Result<String, String>, context: &str) -> Response {
     }
 }
 
+/// Answers `out` with `status` and a body (JSON if it starts with `{`, else text), and ends the
+/// response, so the caller has its whole answer while this invocation may go on working.
+pub async fn answer(out: spin_sdk::http::ResponseOutparam, status: u16, body: &str) {
+    use futures::SinkExt;
+    use spin_sdk::http::{Fields, OutgoingResponse};
+    let content_type = match body.starts_with('{') {
+        true => "application/json",
+        false => "text/plain; charset=utf-8",
+    };
+    let headers = Fields::from_list(&[("content-type".to_string(), content_type.into())])
+        .unwrap_or_else(|_| Fields::new());
+    let response = OutgoingResponse::new(headers);
+    if response.set_status_code(status).is_err() {
+        eprintln!("answering with status {status}: not a status");
+    }
+    let mut sink = response.take_body();
+    out.set(response);
+    let sent = async {
+        sink.send(body.as_bytes().to_vec()).await?;
+        sink.flush().await?;
+        sink.close().await
+    };
+    if let Err(e) = sent.await {
+        eprintln!("answering with status {status}: the caller went away: {e:?}");
+    }
+}
+
+/// [`run_answer`] through a response outparam, ended before the invocation goes on.
+pub async fn answer_run(
+    out: spin_sdk::http::ResponseOutparam,
+    result: Result<String, String>,
+    context: &str,
+) {
+    match result {
+        Ok(view) => answer(out, 200, &view).await,
+        Err(e) => {
+            eprintln!("{context}: {e}");
+            answer(out, 500, &e).await
+        }
+    }
+}
+
 /// A Spin variable of this component; the error names the variable, never a value.
 pub fn variable(name: &str) -> Result<String, String> {
     spin_sdk::variables::get(name).map_err(|e| format!("variable {name}: {e}"))
@@ -332,7 +374,7 @@ async fn first_of<L: std::future::Future, R: std::future::Future>(
 }
 
 /// Waits `duration` on the host's monotonic clock, yielding to the executor meanwhile.
-async fn sleep(duration: std::time::Duration) {
+pub async fn sleep(duration: std::time::Duration) {
     use wasi::clocks::monotonic_clock;
     let deadline = monotonic_clock::now().saturating_add(duration.as_nanos() as u64);
     let mut token = None;
@@ -400,11 +442,30 @@ pub mod lease {
         holder: &str,
         now: DateTime<Utc>,
     ) -> Result<Result<(), Lease>, String> {
+        swap_in(connector, holder, now, lease::acquire)
+    }
+
+    /// Takes the lease of `connector` for a run starting now: `Ok(Err(lease))` when any run
+    /// holds it, a run of the same id included.
+    pub fn take(
+        connector: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), Lease>, String> {
+        swap_in(connector, holder, now, lease::take)
+    }
+
+    fn swap_in(
+        connector: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        decide: fn(Option<&[u8]>, &str, DateTime<Utc>, chrono::Duration) -> LeaseDecision,
+    ) -> Result<Result<(), Lease>, String> {
         let bucket = bucket()?;
         let key = lease::lease_key(connector);
         let cas = atomics::Cas::new(&bucket, &key).map_err(|e| format!("lease: {e:?}"))?;
         let current = cas.current().map_err(|e| format!("lease: {e:?}"))?;
-        match lease::acquire(current.as_deref(), holder, now, lease::LEASE_DURATION) {
+        match decide(current.as_deref(), holder, now, lease::LEASE_DURATION) {
             LeaseDecision::HeldBy(other) => Ok(Err(other)),
             LeaseDecision::Write(value) => match atomics::swap(cas, &value) {
                 Ok(()) => Ok(Ok(())),

@@ -5,6 +5,8 @@ use archiver_core::secrets::SecretKey;
 
 pub struct Config {
     pub admin_token: String,
+    /// Bearer token of the daily timer's requests to `POST /api/timer`.
+    pub timer_token: String,
     pub staging_key: SecretKey,
     pub default_region: Region,
     /// The only archive origin the manifest lets this component call.
@@ -17,6 +19,7 @@ impl Config {
     pub fn load() -> Result<Config, String> {
         Ok(Config {
             admin_token: archive_host::variable("admin_token")?,
+            timer_token: archive_host::variable("timer_token")?,
             staging_key: archive_host::staging_key()?,
             default_region: archive_host::default_region()?,
             source_origin: archive_host::variable("source_origin")?

@@ -21,6 +21,8 @@ use archive_host::SpinStore;
 const DEFAULT_QUIET_DAYS: i64 = 3;
 /// The fetch component's private route that executes a queued run.
 const FETCH_URL: &str = "http://archive-fetch.spin.internal/runs";
+/// The fetch component's private route that starts the runs of a timer event.
+const FETCH_TIMER_URL: &str = "http://archive-fetch.spin.internal/timer";
 
 fn with_state<T>(f: impl FnOnce(&State<SpinStore>) -> Result<T, ApiError>) -> Result<T, ApiError> {
     let store = SpinStore::open()?;
@@ -227,6 +229,33 @@ pub async fn start_run(id: &str, request: &Request) -> Result<Response, ApiError
     Ok(json(202, &current.view()))
 }
 
+/// A timer event: the fetch component starts the due runs and answers at once (it goes on with
+/// them after its answer), so the timer's request is short however long the runs take.
+pub async fn timer_event(request: &Request) -> Result<Response, ApiError> {
+    let event = archiver_core::timer::parse_timer_event(body(
+        request,
+        "application/json",
+        MAX_JSON_BYTES,
+    )?)?;
+    let start = SourceRequest {
+        method: "POST",
+        url: format!("{FETCH_TIMER_URL}/{}", event.timestamp),
+        headers: vec![],
+    };
+    let answer = archive_host::send(&start, None)
+        .await
+        .map_err(ApiError::TimerNotStarted)?;
+    if answer.status != 202 {
+        return Err(ApiError::TimerNotStarted(format!(
+            "the fetch component answered {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        )));
+    }
+    let started: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    Ok(json(202, &started))
+}
+
 pub fn list_runs(id: &str) -> Result<Response, ApiError> {
     with_state(|state| {
         existing(state, id)?;
@@ -267,6 +296,7 @@ pub fn status(id: &str, query: &str) -> Result<Response, ApiError> {
             &runs,
             not_imported,
             &state.health(id)?,
+            state.timer_failure()?,
             Utc::now(),
             quiet_days,
         );

@@ -1,4 +1,5 @@
-//! The admin's HTTP API under `/api`: connectors, mapping upload, runs and status.
+//! The admin's HTTP API under `/api`: connectors, mapping upload, runs and status; and the
+//! daily timer's `POST /api/timer`, which starts the due runs.
 //!
 //! One path: authenticate, route, call the core, write the key-value store, answer. Errors are
 //! mapped to a status and body once, by the core's `ApiError`.
@@ -29,10 +30,20 @@ async fn handle_setup(request: Request) -> Response {
 async fn route(request: &Request) -> Result<Response, ApiError> {
     let config = Config::load().map_err(ApiError::Config)?;
     let authorization = request.header("authorization").and_then(|v| v.as_str());
+    let path = request.path();
+    // The daily timer's route takes the timer's token, and only that.
+    if path.trim_end_matches('/') == archiver_core::timer::TIMER_PATH {
+        if !bearer_matches(authorization, &config.timer_token) {
+            return Err(ApiError::Unauthorized);
+        }
+        return match request.method() {
+            Method::Post => handlers::timer_event(request).await,
+            method => Err(ApiError::MethodNotAllowed(method.to_string())),
+        };
+    }
     if !bearer_matches(authorization, &config.admin_token) {
         return Err(ApiError::Unauthorized);
     }
-    let path = request.path();
     let rest = path
         .strip_prefix("/api")
         .unwrap_or(path)

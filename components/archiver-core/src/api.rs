@@ -43,6 +43,10 @@ pub enum ApiError {
     #[error("the request needs a password, and the connector has none stored")]
     NoStoredPassword,
     #[error(transparent)]
+    Timer(#[from] crate::timer::TimerError),
+    #[error("the runs of the timer event could not be started: {0}")]
+    TimerNotStarted(String),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("server configuration: {0}")]
     Config(String),
@@ -62,7 +66,8 @@ impl ApiError {
             ApiError::SourceNotAllowed { .. } | ApiError::NoStoredPassword => 422,
             ApiError::Source(e) if e.is_callers_fault() => 422,
             ApiError::Source(_) => 502,
-            ApiError::Store(_) | ApiError::Config(_) => 500,
+            ApiError::Timer(_) => 400,
+            ApiError::Store(_) | ApiError::Config(_) | ApiError::TimerNotStarted(_) => 500,
         }
     }
 

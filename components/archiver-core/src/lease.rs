@@ -58,6 +58,20 @@ pub fn acquire(
     }
 }
 
+/// Taking the lease for a run that starts now: unlike [`acquire`], a live lease is refused
+/// whoever holds it, so two invocations starting the same queued run never both get it.
+pub fn take(
+    current: Option<&[u8]>,
+    holder: &str,
+    now: DateTime<Utc>,
+    duration: Duration,
+) -> LeaseDecision {
+    match decode(current) {
+        Some(lease) if lease.expires_at > now => LeaseDecision::HeldBy(lease),
+        _ => acquire(None, holder, now, duration),
+    }
+}
+
 /// Giving the lease up: `None` when `holder` does not hold it (nothing to write), else the value
 /// that frees it (expired now, so any run may take it at once).
 pub fn release(current: Option<&[u8]>, holder: &str, now: DateTime<Utc>) -> Option<Vec<u8>> {
@@ -124,6 +138,25 @@ mod tests {
             LeaseDecision::HeldBy(lease) => assert_eq!(lease.holder, "run-b"),
             other => panic!("a live lease was overridden: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_starting_run_takes_only_a_free_lease_even_one_held_in_its_own_name() {
+        let now = at("2026-11-26T02:00:00Z");
+        let live = stored("run-a", "2026-11-26T02:05:00Z");
+        assert!(matches!(
+            take(Some(&live), "run-a", now, LEASE_DURATION),
+            LeaseDecision::HeldBy(lease) if lease.holder == "run-a"
+        ));
+        let freed = stored("run-a", "2026-11-26T02:00:00Z");
+        assert_eq!(
+            written(take(Some(&freed), "run-a", now, LEASE_DURATION)).holder,
+            "run-a"
+        );
+        assert_eq!(
+            written(take(None, "run-b", now, LEASE_DURATION)).expires_at,
+            at("2026-11-26T02:10:00Z")
+        );
     }
 
     #[test]

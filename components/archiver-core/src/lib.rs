@@ -11,6 +11,7 @@
 //! - [`secrets`]: passwords sealed at rest, the admin token checked in constant time.
 //! - [`source_client`]: requests to the carrier archive, built and read without I/O.
 //! - [`api`]: the admin API's errors as HTTP statuses and bodies.
+//! - [`timer`]: the daily timer's request to the app, on a trigger that cannot chain.
 //!
 //! Clocks, ids and configuration are arguments, so every output can be golden-tested.
 
@@ -31,6 +32,7 @@ pub mod secrets;
 pub mod source;
 pub mod source_client;
 pub mod state;
+pub mod timer;
 
 #[cfg(test)]
 pub(crate) mod testing;

@@ -235,6 +235,9 @@ pub struct LoginFailure {
 pub struct Health {
     pub last_successful_run: Option<DateTime<Utc>>,
     pub source_login_failure: Option<LoginFailure>,
+    /// The last timer event could not start runs (the app unreachable from its timer, or the
+    /// timer's token refused); cleared by the next event that gets through.
+    pub timer_failure: Option<crate::timer::TimerFailure>,
     /// Whole days since a run last fetched any message (since the first run if none ever did).
     pub days_without_items: Option<i64>,
     /// `days_without_items` reached the alert threshold.
@@ -269,6 +272,7 @@ pub fn status(
     runs: &[Run],
     not_imported: Vec<NotImported>,
     health: &HealthRecord,
+    timer_failure: Option<crate::timer::TimerFailure>,
     now: DateTime<Utc>,
     alert_after_days: i64,
 ) -> Status {
@@ -309,6 +313,7 @@ pub fn status(
         health: Health {
             last_successful_run,
             source_login_failure: health.login_failure.clone(),
+            timer_failure,
             days_without_items,
             no_items_alert: days_without_items.is_some_and(|d| d >= alert_after_days),
         },
@@ -363,6 +368,7 @@ mod tests {
             runs,
             vec![],
             &HealthRecord::default(),
+            None,
             at("2026-11-26T03:00:00Z"),
             3,
         )

@@ -29,6 +29,7 @@
 //! with the new count, so the run record is the step's one commit and a step done again after a
 //! crash overwrites its own invisible pages instead of adding twice.
 
+use crate::timer::{TIMER_FAILURE_KEY, TimerFailure};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -414,6 +415,19 @@ impl<'a, K: KeyValue> State<'a, K> {
 
     pub fn put_health(&self, id: &str, health: &HealthRecord) -> Result<(), StoreError> {
         self.write(&health_key(id), health)
+    }
+
+    /// The last timer event that could not reach the app, if no event got through since.
+    pub fn timer_failure(&self) -> Result<Option<TimerFailure>, StoreError> {
+        self.read(TIMER_FAILURE_KEY)
+    }
+
+    pub fn put_timer_failure(&self, failure: &TimerFailure) -> Result<(), StoreError> {
+        self.write(TIMER_FAILURE_KEY, failure)
+    }
+
+    pub fn clear_timer_failure(&self) -> Result<(), StoreError> {
+        self.kv.delete(TIMER_FAILURE_KEY)
     }
 }
 
