@@ -11,7 +11,12 @@
 //!   overrides as `SPIN_VARIABLE_*` would give them;
 //! - outbound HTTP through `wasmtime-wasi-http` with `allowed_outbound_hosts` enforced, plain-HTTP
 //!   connections kept alive and reused across instances as current Spin does, and
-//!   `http://<component>.spin.internal` served in-process (local service chaining);
+//!   `http://<component>.spin.internal` served in-process (local service chaining); requests to
+//!   `http://self` go to the app's routes from HTTP-triggered invocations only (elsewhere they
+//!   are invalid, as Spin sets no origin for them);
+//! - a listener on a real loopback socket ([`App::serve`], [`AppBuilder::listening`]) serving
+//!   the public routes, and [`App::settle`] to wait for invocations that work on after they
+//!   answered, as Spin lets them;
 //! - the HTTP trigger with Spin's routing (exact, then longest wildcard; private routes only by
 //!   chaining) and its `spin-*` headers; the cron trigger's `handle-cron-event`;
 //! - a fresh instance for every invocation; interruption at a deadline (epochs) or at the Nth
@@ -25,7 +30,10 @@
 //! - the `spin-client-addr` header is always `127.0.0.1:0`;
 //! - a chained request's `spin-*` headers describe the target's own route (`/...` if private);
 //! - variables come only from defaults and the test's overrides (no Vault or Key Vault provider);
-//! - component sources must be local files; `files`, `environment` and `build` are ignored.
+//! - component sources must be local files; `files`, `environment` and `build` are ignored;
+//! - `static_response` HTTP triggers, component dependencies and the `targets` of
+//!   `[application]` are accepted as fields but not served or checked;
+//! - the cron trigger fires only when a test calls [`App::fire_cron`], not on its schedule.
 
 use std::path::{Path, PathBuf};
 

@@ -18,6 +18,7 @@ async fn setup() -> Setup {
     let source = SourceSimulator::start("att-admin", PASSWORD).await;
     let app = App::builder("spin.toml")
         .variable("admin_token", TOKEN)
+        .variable("timer_token", "timer-token-for-tests")
         .variable("staging_key", "5a".repeat(32))
         .variable("jmap_password", "jmap-secret")
         .variable("source_origin", source.origin())
@@ -296,7 +297,8 @@ async fn credentials_are_checked_before_anything_is_saved() {
     );
     assert!(!refused.text().contains("wrong-password"));
 
-    s.source.fail_next("/v1/account", 503, 1);
+    // An archive that stays unavailable through the check's retries is reported as such.
+    s.source.fail_next("/v1/account", 503, 50);
     let down = s.create("att-main").await;
     assert_eq!(down.status, 502, "{}", down.text());
     assert!(down.text().contains("unavailable"), "{}", down.text());
@@ -678,4 +680,20 @@ async fn a_reader_sees_the_old_mapping_or_the_new_one_never_a_mix() {
             "a reader saw a mixed mapping"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_passing_archive_error_during_the_credential_check_is_asked_again() {
+    let s = setup().await;
+    // One 503 with Retry-After: 1, then the archive answers: the connector is created.
+    s.source.fail_next("/v1/account", 503, 1);
+    let created = s.create("att-retry").await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let logins = s
+        .source
+        .requests()
+        .iter()
+        .filter(|r| r.1.starts_with("/v1/account"))
+        .count();
+    assert_eq!(logins, 2, "asked once more after the 503");
 }

@@ -156,12 +156,32 @@ async fn check_account(
     password: &str,
 ) -> Result<archiver_core::source::Account, ApiError> {
     let timeout = archive_host::request_timeout().map_err(ApiError::Config)?;
-    let answer =
-        archive_host::send_within(&account_request(base, username, password), None, timeout)
-            .await
-            .map_err(|e| ApiError::Source(SourceError::Unreachable(e)))?;
-    read_account_response(answer.status, &answer.body).map_err(ApiError::Source)
+    let request = account_request(base, username, password);
+    let started = std::time::Instant::now();
+    let mut attempt = 0;
+    loop {
+        // A passing answer (503 with Retry-After, a 429, a dropped connection) is asked again
+        // with the fetch's back-off, within a budget an admin waits for; only then concluded.
+        let (error, retry_after) = match archive_host::send_within(&request, None, timeout).await {
+            Ok(answer) => match read_account_response(answer.status, &answer.body) {
+                Ok(account) => return Ok(account),
+                Err(error) => (error, answer.retry_after),
+            },
+            Err(e) => (SourceError::Unreachable(e), None),
+        };
+        let wait = archiver_core::pipeline::retry_wait(&error, retry_after.as_deref(), attempt)
+            .filter(|wait| started.elapsed() + *wait <= CHECK_RETRY_BUDGET);
+        match wait {
+            Some(wait) => archive_host::sleep(wait).await,
+            None => return Err(ApiError::Source(error)),
+        }
+        attempt += 1;
+    }
 }
+
+/// How long the credential check of a connector may keep asking an archive that answers with a
+/// passing error before it reports the archive unreachable.
+const CHECK_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub fn get_mapping(config: &Config, id: &str) -> Result<Response, ApiError> {
     with_state(|state| {

@@ -147,13 +147,19 @@ pub fn email_layout(
     for (name, value) in evidence_headers(message, options) {
         builder = builder.header(name, Text::new(value));
     }
+    // The MMS subject as the network gave it (the email's subject names the conversation).
+    if let Some(mms_subject) = message.subject.as_deref().map(clean_header_text)
+        && !mms_subject.is_empty()
+    {
+        builder = builder.header("X-Archive-Mms-Subject", Text::new(mms_subject));
+    }
 
     // Each attachment's body is a placeholder no message can contain (it holds the digest of
     // the record itself), in a part marked base64 so it is written as is; the placeholders are
     // then cut out, and the base64 lines of the bytes go in their place.
     let digest = &message.record_sha256[..ID_HEX_DIGITS];
     let placeholder = |n: usize| format!("=_archive_attachment_{n}_{digest}");
-    let text = text_part(normalize_line_breaks(&message.body));
+    let text = text_part(body_text(message));
     let body = if message.attachments.is_empty() {
         text
     } else {
@@ -438,34 +444,30 @@ fn display_name(participant: &Participant) -> String {
     }
 }
 
-/// The MMS subject when there is one, else who the conversation is with. The names are in the
-/// order of the conversation key, so both directions of a conversation get the same subject
-/// (servers such as Cyrus thread only messages whose subjects match).
+/// Who the conversation is with: the same for every message of a conversation, SMS or MMS,
+/// whatever its MMS subject or the names the network gave, because Cyrus, Exchange and Gmail
+/// join a thread only while the normalised subject stays the same. Built from the conversation
+/// key alone (every participant's number, sorted); an MMS subject goes into the body and the
+/// evidence headers instead.
 fn subject(message: &Message) -> String {
-    if let Some(subject) = message.subject.as_deref().map(clean_header_text)
-        && !subject.is_empty()
-    {
-        return subject;
-    }
-    let mut people: Vec<(String, String)> = Vec::new();
-    for participant in message.participants() {
-        let key = participant.address.key();
-        if !people.iter().any(|(known, _)| *known == key) {
-            people.push((key, display_name(participant)));
-        }
-    }
-    people.sort();
-    let names: Vec<String> = people.into_iter().map(|(_, name)| name).collect();
-    let shown = names.len().min(SUBJECT_NAMES);
-    let mut subject = format!(
-        "{} with {}",
-        message.kind.label(),
-        names[..shown].join(", ")
-    );
-    if names.len() > shown {
-        subject.push_str(&format!(" and {} more", names.len() - shown));
+    let key = ConversationKey::of(message);
+    let numbers = key.participants();
+    let shown = numbers.len().min(SUBJECT_NAMES);
+    let mut subject = format!("Texts with {}", numbers[..shown].join(", "));
+    if numbers.len() > shown {
+        subject.push_str(&format!(" and {} more", numbers.len() - shown));
     }
     subject
+}
+
+/// The text part's content: the MMS subject first, when there is one, so a reader sees it
+/// though the email's subject names the conversation.
+fn body_text(message: &Message) -> String {
+    let body = normalize_line_breaks(&message.body);
+    match message.subject.as_deref().map(clean_header_text) {
+        Some(subject) if !subject.is_empty() => format!("Subject: {subject}\r\n\r\n{body}"),
+        _ => body,
+    }
 }
 
 /// One value per header, each short enough never to need encoding or folding.

@@ -164,7 +164,7 @@ mod tests {
         );
         assert_eq!(
             secs(retry_waits(std::time::Duration::from_secs(200))),
-            vec![1, 2, 4, 8, 16, 30, 30, 30, 30]
+            vec![1, 2, 4, 8, 16, 30, 30, 30, 30, 30]
         );
         assert!(retry_waits(std::time::Duration::ZERO).is_empty());
     }

@@ -239,8 +239,21 @@ fn every_built_email_parses_back_with_every_field() {
             "{name}: Subject"
         );
 
+        // An MMS subject opens the body, as the email's subject names the conversation.
         let body = parsed.body_text(0).unwrap_or_default();
-        assert_eq!(crlf_to_lf(&body), crlf_to_lf(&m.body), "{name}: body");
+        let mms_subject = parsed
+            .header("X-Archive-Mms-Subject")
+            .and_then(|h| h.as_text());
+        let expected_body = match mms_subject {
+            Some(subject) => format!("Subject: {subject}\n\n{}", m.body),
+            None => m.body.clone(),
+        };
+        assert_eq!(mms_subject, expect["mms_subject"].as_str(), "{name}");
+        assert_eq!(
+            crlf_to_lf(&body),
+            crlf_to_lf(&expected_body),
+            "{name}: body"
+        );
 
         let attachments: Vec<_> = parsed.attachments().collect();
         assert_eq!(

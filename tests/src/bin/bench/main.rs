@@ -145,7 +145,9 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
     let session_url = format!("{}/jmap/", options.mail);
     let service_user = format!("archiver@{}", options.domain);
     let app = App::builder("spin.toml")
+        .listening("app_origin")?
         .variable("admin_token", TOKEN)
+        .variable("timer_token", "bench-timer-token")
         .variable("staging_key", "5a".repeat(32))
         .variable("source_origin", source.origin())
         .variable("jmap_origin", &options.mail)
@@ -178,14 +180,17 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
         "[bench] the day before: {} messages",
         day_before.messages.len()
     );
-    app.fire_cron("archive-fetch", TIMER - 86_400)
+    app.fire_cron("archive-timer", TIMER - 86_400)
         .await?
         .map_err(|e| anyhow::anyhow!("the day before failed: {e}\n{}", app.logs()))?;
+    app.settle().await;
     eprintln!("[bench] pipeline: timer run of {messages} messages");
     let started = Instant::now();
-    app.fire_cron("archive-fetch", TIMER)
+    app.fire_cron("archive-timer", TIMER)
         .await?
         .map_err(|e| anyhow::anyhow!("the run failed: {e}\n{}", app.logs()))?;
+    // The timer's runs go on after the app accepted the event.
+    app.settle().await;
     let total = started.elapsed();
     let status = admin(
         &app,
