@@ -1032,6 +1032,58 @@ async fn a_mail_server_error_keeps_the_item_staged_until_it_is_delivered_once() 
         status["runs"][0]["figures"]["skipped_duplicate"], 1,
         "heidi's copy is not sent twice"
     );
+    // The text's day counts it once, with both copies imported: the first run's failure was
+    // not final, and the second run's skip of heidi's copy is not a second outcome.
+    let days = status["days"].as_array().unwrap();
+    assert_eq!(days.len(), 1, "{status}");
+    assert_eq!(days[0]["day"], "2026-11-25");
+    assert_eq!(
+        (
+            &days[0]["fetched"],
+            &days[0]["available_for_import"],
+            &days[0]["imported"],
+            &days[0]["skipped_duplicate"],
+            &days[0]["failed"]
+        ),
+        (&json!(1), &json!(2), &json!(2), &json!(0), &json!(0)),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_day_backfilled_twice_counts_its_texts_once_on_their_own_day() {
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    three_texts(&source, "b");
+    let app = archiver(&source);
+    create_connector(&app, &source, "att-backfill").await;
+    let backfill = json!({ "since": "2026-11-25T00:00:00Z", "until": "2026-11-26T00:00:00Z" });
+    for _ in 0..2 {
+        let run = admin(
+            &app,
+            "POST",
+            "/api/connectors/att-backfill/runs",
+            "application/json",
+            backfill.to_string(),
+        )
+        .await;
+        app.settle().await;
+        assert_eq!(run["state"], "succeeded", "{run}");
+        assert_eq!(run["figures"]["fetched"], 3, "{run}");
+    }
+    let status = status_of(&app, "att-backfill").await;
+    assert_eq!(status["runs"].as_array().unwrap().len(), 2, "runs apart");
+    let days = status["days"].as_array().unwrap();
+    assert_eq!(
+        days.len(),
+        1,
+        "only the texts' day, not the day of the runs: {status}"
+    );
+    assert_eq!(days[0]["day"], "2026-11-25");
+    assert_eq!(days[0]["fetched"], 3, "{status}");
+    // Each text has two users, Grace and Heidi.
+    assert_eq!(days[0]["available_for_import"], 6, "{status}");
+    assert_eq!(days[0]["imported"], 6, "{status}");
+    assert_eq!(days[0]["invariant_holds"], true);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -106,6 +106,7 @@ pub async fn start_timer_runs(timestamp: u64) -> anyhow::Result<StartedRuns> {
             figures: Figures::default(),
             error: None,
             progress: Default::default(),
+            days: Some(Default::default()),
         };
         match archive_host::lease::take(&connector.id, &run.id, now) {
             Ok(Ok(())) => {
@@ -466,6 +467,16 @@ async fn stage_step(
             for invalid in &page.invalid {
                 run.figures.fetched += 1;
                 run.figures.invalid += 1;
+                // Counted in its day once, though every fetch of the window lists it again.
+                let counted = match &invalid.id {
+                    Some(id) => state.counts_text(&connector.id, &item_key(id), &run.id)?,
+                    None => true,
+                };
+                if counted {
+                    let day = run.day(listing_since.date_naive());
+                    day.fetched += 1;
+                    day.invalid += 1;
+                }
                 not_imported.push(NotImported {
                     run: run.id.clone(),
                     item_id: invalid
@@ -488,8 +499,17 @@ async fn stage_step(
                 break;
             }
             let key = item_key(&message.id);
+            let text_day = message.archived_at.date_naive();
             let archived = state.archived(&connector.id, &key)?.is_some();
-            if !archived && !state.is_staged(&connector.id, &key)? {
+            let staged_before = !archived && state.is_staged(&connector.id, &key)?;
+            // A text counts in its day in the run that first fetches it: not when archived
+            // already, nor when an earlier run staged it (kept for another attempt).
+            let first_fetch = !archived
+                && (!staged_before
+                    || state
+                        .staged(&connector.id, &key, &sealing)?
+                        .is_some_and(|item| item.run == run.id));
+            if !archived && !staged_before {
                 let resume = run.progress.partial.take().filter(|p| p.item == key);
                 let download = Download {
                     state,
@@ -516,6 +536,9 @@ async fn stage_step(
                     }
                     Staging::Mismatch(detail) => {
                         run.progress.incomplete = true;
+                        if state.counts_text(&connector.id, &key, &run.id)? {
+                            run.day(text_day).fetched += 1;
+                        }
                         not_imported.push(NotImported {
                             run: run.id.clone(),
                             item_id: message.id.clone(),
@@ -542,6 +565,9 @@ async fn stage_step(
             run.progress.position += 1;
             run.figures.fetched += 1;
             budget.spend(1, 0);
+            if first_fetch && !state.counted_by_another(&connector.id, &key, &run.id)? {
+                run.day(text_day).fetched += 1;
+            }
             if !archived {
                 keys.push(key);
             }

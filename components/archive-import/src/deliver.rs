@@ -293,11 +293,18 @@ struct Outcomes {
 
 impl Outcomes {
     fn settle(&mut self, items: &[StagedItem], copy: &Copy, outcome: CopyOutcome) {
-        let id = &items[copy.item].message.id;
+        let item = &items[copy.item];
+        let id = &item.message.id;
         let participant = copy.participant.clone();
+        // A copy an earlier run delivered counted in its day then.
+        let earlier = item
+            .delivered_to
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(&copy.user));
+        let day = (!earlier).then(|| item.message.archived_at.date_naive());
         if self
             .ledger
-            .settle(copy.item, id, &copy.user, participant, outcome)
+            .settle(copy.item, id, &copy.user, participant, outcome, day)
         {
             self.delivered[copy.item].push(copy.user.clone());
         }
@@ -457,7 +464,14 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
         position = 0;
     }
     let mut outcomes = Outcomes {
-        ledger: Ledger::new(run_id, items.len(), run.figures, Vec::new(), Utc::now()),
+        ledger: Ledger::new(
+            run_id,
+            items.len(),
+            run.figures,
+            run.days.clone().unwrap_or_default(),
+            Vec::new(),
+            Utc::now(),
+        ),
         delivered: vec![Vec::new(); items.len()],
     };
     let mut destination = Destination {
@@ -478,7 +492,8 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
     for (index, item) in items.iter().enumerate() {
         let delivery = rules.delivery(&item.message);
         if delivery.is_unmapped() {
-            outcomes.ledger.unmapped(&item.message.id, &delivery);
+            let day = item.message.archived_at.date_naive();
+            outcomes.ledger.unmapped(&item.message.id, &delivery, day);
             step.layouts.push(None);
             continue;
         }
@@ -609,6 +624,7 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
     let ledger = outcomes.ledger;
     state.append_not_imported(&mut run, &ledger.not_imported)?;
     run.figures = ledger.figures;
+    run.days = Some(ledger.days);
     eprintln!(
         "run {run_id}: import step {}: {} items in {:.2} s",
         run.progress.steps,

@@ -235,6 +235,7 @@ pub async fn start_run(id: &str, request: &Request) -> Result<Response, ApiError
         figures: runs::Figures::default(),
         error: None,
         progress: Default::default(),
+        days: Some(Default::default()),
     };
     state.put_run(&run)?;
     let start = SourceRequest {

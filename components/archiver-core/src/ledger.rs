@@ -2,7 +2,9 @@
 //! satisfy `available = imported + partially + skipped + failed` and every copy not imported is
 //! listed with its reason.
 
-use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::jmap::ImportOutcome;
 use crate::resolve::Delivery;
@@ -52,6 +54,8 @@ pub struct Ledger {
     run: String,
     at: DateTime<Utc>,
     pub figures: Figures,
+    /// What the run adds to each day of texts (see `Run::days`): final outcomes only.
+    pub days: BTreeMap<NaiveDate, Figures>,
     pub not_imported: Vec<NotImported>,
     /// Items with a copy that failed transiently.
     kept: Vec<bool>,
@@ -65,6 +69,7 @@ impl Ledger {
         run: &str,
         items: usize,
         figures: Figures,
+        days: BTreeMap<NaiveDate, Figures>,
         not_imported: Vec<NotImported>,
         at: DateTime<Utc>,
     ) -> Ledger {
@@ -72,15 +77,18 @@ impl Ledger {
             run: run.to_string(),
             at,
             figures,
+            days,
             not_imported,
             kept: vec![false; items],
             transient: None,
         }
     }
 
-    /// An item no participant of which is a user: counted and listed per participant.
-    pub fn unmapped(&mut self, item_id: &str, delivery: &Delivery) {
+    /// An item no participant of which is a user: counted (in its day too) and listed per
+    /// participant.
+    pub fn unmapped(&mut self, item_id: &str, delivery: &Delivery, day: NaiveDate) {
         self.figures.unmapped += 1;
+        self.days.entry(day).or_default().unmapped += 1;
         for participant in &delivery.unmapped {
             self.not_imported.push(NotImported {
                 run: self.run.clone(),
@@ -99,7 +107,9 @@ impl Ledger {
         self.figures.available_for_import += 1;
     }
 
-    /// Records a copy's outcome. Returns whether the user now holds the item.
+    /// Records a copy's outcome. A final one (all but a transient failure) also counts in the
+    /// item's `day`, unless `day` is `None`: the copy was settled for good by an earlier run.
+    /// Returns whether the user now holds the item.
     pub fn settle(
         &mut self,
         index: usize,
@@ -107,7 +117,17 @@ impl Ledger {
         user: &str,
         participant: Option<String>,
         outcome: CopyOutcome,
+        day: Option<NaiveDate>,
     ) -> bool {
+        if let Some(day) = day.filter(|_| !matches!(outcome, CopyOutcome::Transient(_))) {
+            let figures = self.days.entry(day).or_default();
+            figures.available_for_import += 1;
+            match outcome {
+                CopyOutcome::Imported => figures.imported += 1,
+                CopyOutcome::Duplicate => figures.skipped_duplicate += 1,
+                _ => figures.failed += 1,
+            }
+        }
         let (reason, detail) = match outcome {
             CopyOutcome::Imported => {
                 self.figures.imported += 1;
@@ -180,9 +200,20 @@ mod tests {
         ));
     }
 
+    fn day() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 25).unwrap()
+    }
+
     fn ledger(items: usize) -> Ledger {
         let at = "2026-11-26T02:00:00Z".parse().unwrap();
-        Ledger::new("r1", items, Figures::default(), Vec::new(), at)
+        Ledger::new(
+            "r1",
+            items,
+            Figures::default(),
+            BTreeMap::new(),
+            Vec::new(),
+            at,
+        )
     }
 
     #[test]
@@ -196,7 +227,7 @@ mod tests {
         ];
         for (n, outcome) in outcomes.into_iter().enumerate() {
             l.expect_copy();
-            let holds = l.settle(n.min(2), "m1", "u@acme.example", None, outcome);
+            let holds = l.settle(n.min(2), "m1", "u@acme.example", None, outcome, Some(day()));
             assert_eq!(holds, n < 2);
         }
         assert_eq!(l.figures.available_for_import, 4);
@@ -209,6 +240,28 @@ mod tests {
             (1, 1, 2)
         );
         assert!(l.figures.invariant_holds());
+        // The day counts the three final outcomes; the transient one waits for its retry.
+        let d = l.days[&day()];
+        assert_eq!(
+            (
+                d.available_for_import,
+                d.imported,
+                d.skipped_duplicate,
+                d.failed
+            ),
+            (3, 1, 1, 1)
+        );
+        assert!(d.invariant_holds());
+        // A copy settled for good by an earlier run is not counted in its day again.
+        l.settle(
+            0,
+            "m1",
+            "u@acme.example",
+            None,
+            CopyOutcome::Duplicate,
+            None,
+        );
+        assert_eq!(l.days[&day()].skipped_duplicate, 1);
         assert_eq!(l.not_imported.len(), 2);
         assert_eq!(
             l.not_imported[1].reason,
@@ -232,7 +285,7 @@ mod tests {
         };
         let delivery = rules.delivery(&message(&sms_record()));
         let mut l = ledger(1);
-        l.unmapped("m-7f3c9a10", &delivery);
+        l.unmapped("m-7f3c9a10", &delivery, day());
         assert_eq!(l.figures.unmapped, 1);
         assert_eq!(l.not_imported.len(), 2);
         assert!(

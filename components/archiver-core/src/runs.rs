@@ -83,6 +83,12 @@ pub struct Run {
     /// Where the run's steps have got to.
     #[serde(default)]
     pub progress: Progress,
+    /// What this run added to the figures of each day of texts (the day a text was archived
+    /// by the source): a text counts in its day once, in the run that first fetched it, and a
+    /// copy once, in the run that settled it for good. Committed with the run record, so a
+    /// step done again never counts twice. `None`: a run recorded before days were counted so.
+    #[serde(default)]
+    pub days: Option<BTreeMap<NaiveDate, Figures>>,
 }
 
 /// A run's stage.
@@ -136,6 +142,14 @@ pub struct Progress {
 }
 
 impl Run {
+    /// The figures this run adds to the texts of `day`.
+    pub fn day(&mut self, day: NaiveDate) -> &mut Figures {
+        self.days
+            .get_or_insert_with(BTreeMap::new)
+            .entry(day)
+            .or_default()
+    }
+
     pub fn view(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         value["invariant_holds"] = self.figures.invariant_holds().into();
@@ -256,7 +270,9 @@ pub struct Status {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DayFigures {
+    /// A day of texts (when the source archived them).
     pub day: NaiveDate,
+    /// How many runs counted texts or copies of the day.
     pub runs: usize,
     #[serde(flatten)]
     pub figures: Figures,
@@ -280,11 +296,16 @@ pub fn status(
     let mut recent: Vec<&Run> = runs.iter().filter(|r| r.requested_at >= horizon).collect();
     recent.sort_by_key(|r| r.requested_at);
 
+    // Per day of texts: each run's share, so a day fetched twice (a backfill run again) counts
+    // its texts once. A run recorded before days were counted so counts on its own day.
     let mut days: BTreeMap<NaiveDate, (usize, Figures)> = BTreeMap::new();
     for run in &recent {
-        let day = days.entry(run.requested_at.date_naive()).or_default();
-        day.0 += 1;
-        day.1.add(&run.figures);
+        let legacy = BTreeMap::from([(run.requested_at.date_naive(), run.figures)]);
+        for (date, figures) in run.days.as_ref().unwrap_or(&legacy) {
+            let day = days.entry(*date).or_default();
+            day.0 += 1;
+            day.1.add(figures);
+        }
     }
     let days = days
         .into_iter()
@@ -348,6 +369,7 @@ mod tests {
             figures,
             error: None,
             progress: Progress::default(),
+            days: None,
         }
     }
 
@@ -419,6 +441,42 @@ mod tests {
         let s = status_on_26th(&broken);
         assert!(!s.days[0].invariant_holds);
         assert_eq!(s.runs[0]["invariant_holds"], false);
+    }
+
+    #[test]
+    fn a_day_of_texts_fetched_by_two_runs_counts_each_text_once_on_its_own_day() {
+        let mut first = run(
+            "r1",
+            "2026-12-01T09:00:00Z",
+            RunState::Succeeded,
+            figures(18, 20, 20, 0),
+        );
+        let day = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+        *first.day(day) = figures(18, 20, 20, 0);
+        // The same backfill again: every text was archived already, so it adds nothing to the
+        // day, though the run itself saw 18 texts.
+        let mut second = run(
+            "r2",
+            "2026-12-01T10:00:00Z",
+            RunState::Succeeded,
+            figures(18, 0, 0, 0),
+        );
+        second.days = Some(BTreeMap::new());
+        let s = status(
+            "c",
+            &[first, second],
+            vec![],
+            &HealthRecord::default(),
+            None,
+            at("2026-12-01T11:00:00Z"),
+            3,
+        );
+        assert_eq!(s.days.len(), 1, "{:?}", s.days);
+        assert_eq!(s.days[0].day, day);
+        assert_eq!(s.days[0].figures.fetched, 18);
+        assert_eq!(s.days[0].figures.imported, 20);
+        assert_eq!(s.days[0].runs, 1);
+        assert_eq!(s.runs.len(), 2, "the runs are shown apart");
     }
 
     #[test]

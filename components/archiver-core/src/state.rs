@@ -23,6 +23,8 @@
 //! | `connector/{id}/pending/{n}` | page `n` of those keys |
 //! | `connector/{id}/folder/{account}` | the archive folder's mailbox id in a destination account |
 //! | `connector/{id}/lease` | the [`crate::lease::Lease`] of the run working on the connector |
+//! | `counted/{id}/{item}` | the run that counted a text it could not stage (invalid, or an attachment that did not match) in its day |
+//! | `timer/last-failure` | the [`TimerFailure`] of the last timer event that could not reach the app |
 //!
 //! A page is a JSON array of at most [`CHUNK_BYTES`]. A run's pages are counted in the run's
 //! [`crate::runs::Progress`]: a step writes its new pages past the count and then the run record
@@ -417,6 +419,28 @@ impl<'a, K: KeyValue> State<'a, K> {
         self.write(&health_key(id), health)
     }
 
+    /// Whether `run` counts the text `item` in its day: it does unless another run did. For
+    /// texts no staged or archived record marks (an invalid one, one whose attachment did not
+    /// match); the first run to ask is recorded as the one that counts it.
+    pub fn counts_text(&self, id: &str, item: &str, run: &str) -> Result<bool, StoreError> {
+        let key = counted_key(id, item);
+        match self.kv.get(&key)? {
+            Some(by) => Ok(by == run.as_bytes()),
+            None => {
+                self.kv.set(&key, run.as_bytes())?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Whether another run counted the text `item` in its day already (see [`Self::counts_text`]).
+    pub fn counted_by_another(&self, id: &str, item: &str, run: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .kv
+            .get(&counted_key(id, item))?
+            .is_some_and(|by| by != run.as_bytes()))
+    }
+
     /// The last timer event that could not reach the app, if no event got through since.
     pub fn timer_failure(&self) -> Result<Option<TimerFailure>, StoreError> {
         self.read(TIMER_FAILURE_KEY)
@@ -453,6 +477,10 @@ fn attachment_chunk_key(id: &str, item: &str, attachment: usize, n: usize) -> St
 
 fn pending_key(id: &str) -> String {
     format!("connector/{id}/pending")
+}
+
+fn counted_key(id: &str, item: &str) -> String {
+    format!("counted/{id}/{item}")
 }
 
 fn archived_key(id: &str, item: &str) -> String {

@@ -41,5 +41,6 @@ pub fn run(connector: &str, id: &str) -> crate::runs::Run {
         figures: Figures::default(),
         error: None,
         progress: Progress::default(),
+        days: Some(Default::default()),
     }
 }
