@@ -1730,3 +1730,35 @@ async fn a_large_attachment_is_fetched_across_steps_each_range_once() {
     let delivered = folder_contents(&jmap, "grace@acme.example").await;
     assert_eq!(delivered[&item]["attachments"][0]["size"], size);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timer_that_cannot_reach_the_app_shows_in_the_connectors_health_until_one_gets_through() {
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    three_texts(&source, "t");
+    let app = archiver(&source);
+    create_connector(&app, &source, "att-timer").await;
+    // The same deployment, its timer pointed at an origin nothing listens on.
+    let misdirected = builder(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL)
+        .kv_file(app.kv_path())
+        .variable("app_origin", "http://127.0.0.1:9")
+        .variable("timer_retry_seconds", "1")
+        .build()
+        .unwrap();
+    let fired = fire_timer(&misdirected, TIMER).await.unwrap();
+    assert!(fired.is_err(), "{fired:?}");
+    let health = status_of(&app, "att-timer").await["health"].clone();
+    let reason = health["timer_failure"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("the timer could not start runs") && reason.contains("127.0.0.1:9"),
+        "{health}"
+    );
+    assert_eq!(status_of(&app, "att-timer").await["runs"], json!([]));
+
+    // The next good event starts the run that catches up, and clears the flag.
+    assert_eq!(fire_timer(&app, TIMER + 86_400).await.unwrap(), Ok(()));
+    let status = status_of(&app, "att-timer").await;
+    assert_eq!(status["health"]["timer_failure"], Value::Null, "{status}");
+    assert_eq!(status["runs"][0]["figures"]["fetched"], 3, "{status}");
+}

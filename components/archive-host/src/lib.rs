@@ -459,7 +459,7 @@ pub mod lease {
         connector: &str,
         holder: &str,
         now: DateTime<Utc>,
-        decide: fn(Option<&[u8]>, &str, DateTime<Utc>, chrono::Duration) -> LeaseDecision,
+        decide: lease::Decide,
     ) -> Result<Result<(), Lease>, String> {
         let bucket = bucket()?;
         let key = lease::lease_key(connector);

@@ -33,6 +33,10 @@ pub enum LeaseDecision {
     HeldBy(Lease),
 }
 
+/// A way of deciding on the lease ([`acquire`] or [`take`]) from the stored value, the holder,
+/// the time and the duration.
+pub type Decide = fn(Option<&[u8]>, &str, DateTime<Utc>, Duration) -> LeaseDecision;
+
 /// The lease a stored value holds, if it is one.
 pub fn decode(current: Option<&[u8]>) -> Option<Lease> {
     // A value that is not a lease (written by no version of this code) never blocks the
