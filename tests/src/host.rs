@@ -939,13 +939,21 @@ async fn answer_listener(
     let (parts, body) = request.into_parts();
     let body = body.collect().await?.to_bytes();
     let response = serve_public(shared, http::Request::from_parts(parts, Full::new(body))).await?;
+    let (parts, body) = read_whole(response).await?;
+    Ok(http::Response::from_parts(parts, Full::new(body)))
+}
+
+/// A component's response, its body read whole.
+async fn read_whole(
+    response: http::Response<HyperOutgoingBody>,
+) -> anyhow::Result<(http::response::Parts, Bytes)> {
     let (parts, body) = response.into_parts();
     let body = body
         .collect()
         .await
         .map_err(|e| anyhow::anyhow!("reading the response body: {e:?}"))?
         .to_bytes();
-    Ok(http::Response::from_parts(parts, Full::new(body)))
+    Ok((parts, body))
 }
 
 /// Runs one HTTP invocation of `guest` in a fresh instance.
@@ -1306,12 +1314,7 @@ impl App {
         let (parts, body) = request.into_parts();
         let request = http::Request::from_parts(parts, Full::new(body));
         let response = invoke_http(&self.shared, &guest, request, 0).await?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the response body: {e:?}"))?
-            .to_bytes();
+        let (parts, body) = read_whole(response).await?;
         Ok(TestResponse {
             status: parts.status.as_u16(),
             headers: parts.headers,

@@ -2,14 +2,19 @@
 
 use archiver_tests::App;
 
-fn archiver() -> App {
+/// The archiver with its required variables, its timer calling `app_origin` as set after.
+fn builder() -> archiver_tests::AppBuilder {
     App::builder("spin.toml")
-        .listening("app_origin")
-        .unwrap()
         .variable("admin_token", "test-admin-token")
         .variable("timer_token", "test-timer-token")
         .variable("staging_key", "00".repeat(32))
         .variable("jmap_password", "test-jmap-password")
+}
+
+fn archiver() -> App {
+    builder()
+        .listening("app_origin")
+        .unwrap()
         .build()
         .expect("the archiver app loads")
 }
@@ -100,23 +105,24 @@ async fn the_timer_route_takes_the_timers_token_only() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_timer_that_cannot_reach_the_app_retries_then_says_why_and_the_next_event_clears_it() {
-    // A listener that is not up at the event's start is reached by a later try of the event.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    let app = App::builder("spin.toml")
-        .variable("app_origin", origin)
-        .variable("admin_token", "test-admin-token")
-        .variable("timer_token", "test-timer-token")
+    // A listener that is not up at the event's start is reached by a later try of the event:
+    // the port refuses connections for the first second and a half.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = builder()
+        .variable("app_origin", format!("http://127.0.0.1:{port}"))
         .variable("timer_retry_seconds", "8")
-        .variable("staging_key", "00".repeat(32))
-        .variable("jmap_password", "test-jmap-password")
         .build()
         .unwrap();
     let late = async {
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        app.serve(listener).unwrap();
+        app.serve(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap())
+            .unwrap();
     };
-    // Until then the port is bound but not served: the first tries fail, a later one gets in.
+    // Without a retry the event would fail at once: the first try meets a refused connection.
     let (fired, ()) = tokio::join!(app.fire_cron("archive-timer", 1_764_122_400), late);
     assert_eq!(fired.unwrap(), Ok(()), "{}", app.logs());
     app.settle().await;
@@ -128,14 +134,10 @@ async fn a_timer_that_cannot_reach_the_app_retries_then_says_why_and_the_next_ev
     );
 
     // A wrong app_origin: tried within the budget, then logged and recorded with its reason.
-    let unreachable = App::builder("spin.toml")
+    let unreachable = builder()
         .kv_file(app.kv_path())
         .variable("app_origin", "http://127.0.0.1:9")
-        .variable("admin_token", "test-admin-token")
-        .variable("timer_token", "test-timer-token")
         .variable("timer_retry_seconds", "1")
-        .variable("staging_key", "00".repeat(32))
-        .variable("jmap_password", "test-jmap-password")
         .build()
         .unwrap();
     let fired = unreachable
@@ -163,4 +165,38 @@ async fn a_timer_that_cannot_reach_the_app_retries_then_says_why_and_the_next_ev
     );
     app.settle().await;
     assert_eq!(app.kv_get("default", "timer/last-failure").unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timer_whose_token_the_app_refuses_says_so_without_trying_again() {
+    let app = builder().build().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let served_at = format!("http://{}", listener.local_addr().unwrap());
+    app.serve(listener).unwrap();
+    // Another deployment's timer, with its own token, pointed at this app.
+    let stranger = builder()
+        .variable("timer_token", "another-timer-token")
+        .variable("app_origin", served_at)
+        .variable("timer_retry_seconds", "60")
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let reason = stranger
+        .fire_cron("archive-timer", 1_764_122_400)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        reason.contains("401") && reason.contains("timer_token"),
+        "{reason}"
+    );
+    assert!(!reason.contains("another-timer-token"), "{reason}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "a refusal is not retried for the whole budget"
+    );
+    assert_eq!(
+        app.kv_get("default", "fetch/last-timer-event").unwrap(),
+        None
+    );
 }

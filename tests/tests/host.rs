@@ -103,6 +103,27 @@ async fn outbound_requests_reach_only_listed_hosts() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_request_to_self_reaches_the_apps_routes_only_with_http_self_listed() {
+    let app = probe_app(unlisted());
+    // The probe lists `http://self`: a relative URL goes to the app's own public routes.
+    let answered = app.get("/probe/x?op=fetch&url=/exact").await.unwrap();
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    assert!(
+        answered.text().starts_with("200 ") && answered.text().contains("probe-exact"),
+        "{}",
+        answered.text()
+    );
+    // The fallback lists nothing: refused.
+    let refused = app.get("/other?op=fetch&url=/exact").await.unwrap();
+    assert_eq!(refused.status, 502, "{}", refused.text());
+    assert!(
+        refused.text().contains("HttpRequestDenied"),
+        "{}",
+        refused.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_store_the_component_does_not_list_is_refused() {
     let app = probe_app(unlisted());
     let listed = app

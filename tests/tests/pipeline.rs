@@ -1756,8 +1756,9 @@ async fn a_timer_that_cannot_reach_the_app_shows_in_the_connectors_health_until_
     );
     assert_eq!(status_of(&app, "att-timer").await["runs"], json!([]));
 
-    // The next good event starts the run that catches up, and clears the flag.
-    assert_eq!(fire_timer(&app, TIMER + 86_400).await.unwrap(), Ok(()));
+    // The next good event (the same day's, retried by hand here) starts the run and clears the
+    // flag.
+    assert_eq!(fire_timer(&app, TIMER).await.unwrap(), Ok(()));
     let status = status_of(&app, "att-timer").await;
     assert_eq!(status["health"]["timer_failure"], Value::Null, "{status}");
     assert_eq!(status["runs"][0]["figures"]["fetched"], 3, "{status}");
