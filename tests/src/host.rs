@@ -49,8 +49,10 @@ use spin_bindings::wasi::keyvalue::{atomics, batch, store as wasi_store};
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// The deadline of an invocation unless a test sets another.
-const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
+/// The deadline of an invocation unless a test sets another. Spin sets none: this one only
+/// ends a hung invocation, far above what a whole run takes on a loaded machine (the fetch's
+/// invocation that drives a run lasts as long as the run).
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
 /// Chained requests deeper than this are refused (a loop between components).
 const MAX_CHAIN_DEPTH: u32 = 8;
 /// The authority external requests are addressed to, as if `spin up` listened there.
@@ -184,10 +186,17 @@ type PooledClient = hyper_util::client::legacy::Client<
     HyperOutgoingBody,
 >;
 
+/// How long an idle connection stays pooled. Without a timer the pool never closes one, and
+/// a server with one process per connection (Cyrus' httpd) runs out of processes for the
+/// connections that apps long finished with still hold open.
+const POOL_IDLE: Duration = Duration::from_secs(5);
+
 fn pooled_client() -> PooledClient {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
         .build(connector)
 }
 

@@ -1763,3 +1763,36 @@ async fn a_timer_that_cannot_reach_the_app_shows_in_the_connectors_health_until_
     assert_eq!(status["health"]["timer_failure"], Value::Null, "{status}");
     assert_eq!(status["runs"][0]["figures"]["fetched"], 3, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_replicas_timer_firing_at_once_starts_one_run_per_connector() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let ids = three_texts(&source, "r");
+    let app = archiver_in_steps(&source, 1);
+    create_connector(&app, &source, "att-replicas").await;
+    source.set_delay(std::time::Duration::from_millis(100));
+    // Three replicas' timers fire for the same time.
+    let (a, b, c) = tokio::join!(
+        app.fire_cron("archive-timer", TIMER),
+        app.fire_cron("archive-timer", TIMER),
+        app.fire_cron("archive-timer", TIMER)
+    );
+    for fired in [a, b, c] {
+        assert_eq!(fired.unwrap(), Ok(()));
+    }
+    app.settle().await;
+    let status = status_of(&app, "att-replicas").await;
+    let runs = status["runs"].as_array().unwrap();
+    assert_eq!(
+        runs.len(),
+        1,
+        "one run works, the others leave it: {status}"
+    );
+    assert_eq!(runs[0]["state"], "succeeded", "{status}");
+    assert_eq!(runs[0]["figures"]["imported"], 6, "{status}");
+    for user in ["grace@acme.example", "heidi@acme.example"] {
+        let delivered = folder_contents(&jmap, user).await;
+        assert!(ids.iter().all(|id| delivered.contains_key(id)), "{user}");
+    }
+}
