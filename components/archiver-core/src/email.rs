@@ -413,17 +413,28 @@ fn verify_attachments(message: &Message, attachments: &[&[u8]]) -> Result<(), Co
     Ok(())
 }
 
+/// A participant's display name and address as the email names them.
+pub fn participant_mailbox(
+    participant: &Participant,
+    rules: &MappingRules<'_>,
+    message: &Message,
+    options: &EmailOptions<'_>,
+) -> (String, String) {
+    let email = match rules.resolve(participant, message.sent_at).email() {
+        Some(email) => email.to_string(),
+        None => synthetic_address(&participant.address, options.address_domain),
+    };
+    (display_name(participant), email)
+}
+
 fn mail_address<'x>(
     participant: &Participant,
     rules: &MappingRules<'_>,
     message: &Message,
     options: &EmailOptions<'_>,
 ) -> Address<'x> {
-    let email = match rules.resolve(participant, message.sent_at).email() {
-        Some(email) => email.to_string(),
-        None => synthetic_address(&participant.address, options.address_domain),
-    };
-    Address::new_address(Some(display_name(participant)), email)
+    let (name, email) = participant_mailbox(participant, rules, message, options);
+    Address::new_address(Some(name), email)
 }
 
 /// A stable address for a participant who is not a user.
@@ -449,7 +460,7 @@ fn display_name(participant: &Participant) -> String {
 /// join a thread only while the normalised subject stays the same. Built from the conversation
 /// key alone (every participant's number, sorted); an MMS subject goes into the body and the
 /// evidence headers instead.
-fn subject(message: &Message) -> String {
+pub fn subject(message: &Message) -> String {
     let key = ConversationKey::of(message);
     let numbers = key.participants();
     let shown = numbers.len().min(SUBJECT_NAMES);
@@ -462,7 +473,7 @@ fn subject(message: &Message) -> String {
 
 /// The text part's content: the MMS subject first, when there is one, so a reader sees it
 /// though the email's subject names the conversation.
-fn body_text(message: &Message) -> String {
+pub fn body_text(message: &Message) -> String {
     let body = normalize_line_breaks(&message.body);
     match message.subject.as_deref().map(clean_header_text) {
         Some(subject) if !subject.is_empty() => format!("Subject: {subject}\r\n\r\n{body}"),
@@ -471,7 +482,10 @@ fn body_text(message: &Message) -> String {
 }
 
 /// One value per header, each short enough never to need encoding or folding.
-fn evidence_headers(message: &Message, options: &EmailOptions<'_>) -> Vec<(&'static str, String)> {
+pub fn evidence_headers(
+    message: &Message,
+    options: &EmailOptions<'_>,
+) -> Vec<(&'static str, String)> {
     let time =
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
     let mut headers = vec![

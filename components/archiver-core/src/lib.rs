@@ -20,6 +20,7 @@ pub mod connector;
 pub mod conversation;
 pub mod digest;
 pub mod email;
+pub mod graph;
 pub mod jmap;
 pub mod lease;
 pub mod ledger;
