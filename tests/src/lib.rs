@@ -37,6 +37,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod graph;
 mod host;
 mod kv;
 pub mod manifest;
@@ -44,6 +45,7 @@ mod outbound;
 mod simulator;
 mod variables;
 
+pub use graph::GraphServer;
 pub use host::{
     App, AppBuilder, Rewrite, RewriteFn, SimulatedCrash, TestResponse, is_interrupted,
     is_simulated_crash,

@@ -12,21 +12,21 @@ use serde_json::{Value, json};
 
 use crate::util::{JMAP_PASSWORD, JMAP_SESSION_URL, JMAP_USER, Jmap};
 
-const TOKEN: &str = "pipeline-admin-token";
-const CONNECTOR: &str = "att-pipeline";
-const DOMAIN: &str = "sms.archive.invalid";
-const FOLDER: &str = "AT&T SMS/MMS Network Archiver";
+pub(crate) const TOKEN: &str = "pipeline-admin-token";
+pub(crate) const CONNECTOR: &str = "att-pipeline";
+pub(crate) const DOMAIN: &str = "sms.archive.invalid";
+pub(crate) const FOLDER: &str = "AT&T SMS/MMS Network Archiver";
 /// 2026-11-26T02:00:00Z, the timer of the day after the messages.
-const TIMER: u64 = 1_795_658_400;
+pub(crate) const TIMER: u64 = 1_795_658_400;
 /// The token the daily timer sends to the app's `POST /api/timer`.
-const TIMER_TOKEN: &str = "pipeline-timer-token";
+pub(crate) const TIMER_TOKEN: &str = "pipeline-timer-token";
 
-fn person(phone: &str, email: Option<&str>, name: Option<&str>) -> Value {
+pub(crate) fn person(phone: &str, email: Option<&str>, name: Option<&str>) -> Value {
     json!({ "phone": phone, "email": email, "name": name })
 }
 
 #[allow(clippy::too_many_arguments)]
-fn message(
+pub(crate) fn message(
     id: &str,
     kind: &str,
     direction: &str,
@@ -43,7 +43,7 @@ fn message(
         "attachments": attachments, "carrier_extra": { "cell": "x" } })
 }
 
-fn attachment(
+pub(crate) fn attachment(
     source: &SourceSimulator,
     id: &str,
     name: &str,
@@ -57,7 +57,7 @@ fn attachment(
 }
 
 /// The day: who gets which message (by source id).
-fn the_day(source: &SourceSimulator) -> BTreeMap<&'static str, Vec<&'static str>> {
+pub(crate) fn the_day(source: &SourceSimulator) -> BTreeMap<&'static str, Vec<&'static str>> {
     let alice = person("+12025550101", Some("alice@acme.example"), Some("Alice Ng"));
     let bob = person("+12025550102", Some("bob@acme.example"), Some("Bob Ruiz"));
     let carol = person("+12025550103", None, Some("Carol Diaz"));
@@ -266,13 +266,19 @@ fn the_day(source: &SourceSimulator) -> BTreeMap<&'static str, Vec<&'static str>
     ])
 }
 
-const MAPPING: &str = "phone,email,valid_from,valid_to\n\
+pub(crate) const MAPPING: &str = "phone,email,valid_from,valid_to\n\
     12025550103,carol@acme.example,,\n\
     +12025550150,erin@acme.example,,2026-11-24\n\
     +12025550150,dave@acme.example,2026-11-25,\n\
     +12025550105,frank@acme.example,,\n";
 
-async fn admin(app: &App, method: &str, path: &str, content_type: &str, body: String) -> Value {
+pub(crate) async fn admin(
+    app: &App,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: String,
+) -> Value {
     let request = http::Request::builder()
         .method(method)
         .uri(path)
@@ -539,7 +545,7 @@ fn heidi() -> Value {
 }
 
 /// Creates connector `id` for `source` through the admin API, automatic mapping on.
-async fn create_connector(app: &App, source: &SourceSimulator, id: &str) {
+pub(crate) async fn create_connector(app: &App, source: &SourceSimulator, id: &str) {
     let body = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
         "username": "att-admin", "password": "archive-password", "automatic_mapping": true });
     admin(
@@ -608,7 +614,7 @@ fn archiver_at(
 /// the app's listener, whose route starts the due runs. Waits until every invocation is done,
 /// then answers like the timer's result, and with the errors of every timer run it started
 /// that failed.
-async fn fire_timer(app: &App, timestamp: u64) -> anyhow::Result<Result<(), String>> {
+pub(crate) async fn fire_timer(app: &App, timestamp: u64) -> anyhow::Result<Result<(), String>> {
     let started = chrono::Utc::now();
     let fired = app.fire_cron("archive-timer", timestamp).await?;
     app.settle().await;

@@ -1,9 +1,12 @@
 //! The import step, reachable only by local service chaining from the fetch component:
 //! `POST /import/{connector}/{run}` is one step of a run's import: it converts the run's next
-//! staged items into email and delivers one copy to each mapped user's mailbox over JMAP,
-//! recording every outcome and checkpointing in the run record.
+//! staged items into email and delivers one copy to each mapped user's mailbox at the
+//! deployment's destination (JMAP or Microsoft Graph), recording every outcome and
+//! checkpointing in the run record.
 
-mod deliver;
+mod graph;
+mod jmap;
+mod step;
 
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
@@ -14,7 +17,7 @@ async fn handle_import(request: Request) -> Response {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (request.method(), segments.as_slice()) {
         (Method::Post, ["import", connector, run]) => archive_host::run_answer(
-            deliver::import_step(connector, run)
+            step::import_step(connector, run)
                 .await
                 .map(|view| view.to_string())
                 .map_err(|e| format!("{e:#}")),

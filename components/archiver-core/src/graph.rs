@@ -502,8 +502,9 @@ pub fn content_range(range: &std::ops::Range<u64>, total: u64) -> String {
 pub fn too_large_reason(size: u64, detail: &str) -> String {
     format!(
         "the message with its attachments is {:.1} MB, above the tenant's maximum message size \
-         ({detail}); an Exchange admin can raise it up to 150 MB (Set-Mailbox -MaxReceiveSize, \
-         or the mailbox plan's default) and the item is archived on a later run",
+         ({detail}); an Exchange admin can raise the limit up to 150 MB (Set-Mailbox \
+         -MaxReceiveSize, or Set-MailboxPlan for new mailboxes) so that larger texts are \
+         archived; this one stays in the archive source",
         size as f64 / 1_000_000.0
     )
 }
@@ -689,7 +690,7 @@ mod tests {
         }
         for range in &ranges[..ranges.len() - 1] {
             let length = range.end - range.start;
-            assert!(length <= 4 * 1024 * 1024 && length % (320 * 1024) == 0);
+            assert!(length <= 4 * 1024 * 1024 && length.is_multiple_of(320 * 1024));
         }
         assert_eq!(content_range(&(0..10), 10), "bytes 0-9/10");
     }

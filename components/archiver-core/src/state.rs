@@ -24,6 +24,7 @@
 //! | `connector/{id}/folder/{account}` | the archive folder's mailbox id in a destination account |
 //! | `connector/{id}/lease` | the [`crate::lease::Lease`] of the run working on the connector |
 //! | `counted/{id}/{item}` | the run that counted a text it could not stage (invalid, or an attachment that did not match) in its day |
+//! | `destination/token` | the destination's access token, sealed (Graph) |
 //! | `timer/last-failure` | the [`TimerFailure`] of the last timer event that could not reach the app |
 //!
 //! A page is a JSON array of at most [`CHUNK_BYTES`]. A run's pages are counted in the run's
@@ -32,6 +33,9 @@
 //! crash overwrites its own invisible pages instead of adding twice.
 
 use crate::timer::{TIMER_FAILURE_KEY, TimerFailure};
+
+/// Where the destination's access token is kept, sealed.
+const DESTINATION_TOKEN_KEY: &str = "destination/token";
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -409,6 +413,33 @@ impl<'a, K: KeyValue> State<'a, K> {
 
     pub fn forget_folder(&self, id: &str, account: &str) -> Result<(), StoreError> {
         self.kv.delete(&folder_key(id, account))
+    }
+
+    /// The destination's access token as kept between steps, if it opens with the key.
+    pub fn destination_token<T: DeserializeOwned>(
+        &self,
+        sealing: &Sealing<'_>,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(sealed) = self.kv.get(DESTINATION_TOKEN_KEY)? else {
+            return Ok(None);
+        };
+        // A token sealed with an earlier key is fetched anew.
+        let Ok(plain) = sealing.open(DESTINATION_TOKEN_KEY, &sealed) else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice(&plain).ok())
+    }
+
+    pub fn put_destination_token<T: Serialize>(
+        &self,
+        token: &T,
+        sealing: &Sealing<'_>,
+    ) -> Result<(), StoreError> {
+        let plain = serde_json::to_vec(token).map_err(|e| StoreError(e.to_string()))?;
+        self.kv.set(
+            DESTINATION_TOKEN_KEY,
+            &sealing.seal(DESTINATION_TOKEN_KEY, &plain)?,
+        )
     }
 
     pub fn health(&self, id: &str) -> Result<HealthRecord, StoreError> {

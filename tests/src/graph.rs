@@ -1,0 +1,910 @@
+//! Microsoft Graph and its login service as Exchange Online answers them, on loopback: a
+//! contract server that enforces the rules the service documents (each with its page) and
+//! keeps what it stores readable by the tests. Upload sessions are served on a second origin,
+//! as Exchange serves them on `outlook.office.com`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use percent_encoding::percent_decode_str;
+use serde_json::{Value, json};
+
+/// The largest request body (<https://learn.microsoft.com/en-us/graph/outlook-large-attachments>:
+/// a request over 4 MB fails; larger attachments go through an upload session).
+const REQUEST_LIMIT: usize = 4 * 1024 * 1024;
+/// An attachment added in one request is under 3 MB (same page).
+const INLINE_LIMIT: u64 = 3 * 1024 * 1024;
+/// An upload session takes files up to 150 MB (same page).
+const SESSION_LIMIT: u64 = 150 * 1024 * 1024;
+/// Each range is at most 4 MB and, but for the last, a multiple of 320 KiB (same page, and
+/// <https://learn.microsoft.com/en-us/graph/api/driveitem-createuploadsession#upload-bytes-to-the-upload-session>).
+const RANGE_UNIT: u64 = 320 * 1024;
+/// Custom headers Exchange Online takes per message: not in the reference
+/// (<https://learn.microsoft.com/en-us/graph/api/resources/internetmessageheader> says only that
+/// names begin with `x-`), reported by users of the API, and enforced here as real.
+const MAX_HEADERS: usize = 5;
+/// Requests one app may have in flight against one mailbox
+/// (<https://learn.microsoft.com/en-us/graph/throttling-limits#outlook-service-limits>).
+const MAILBOX_CONCURRENCY: usize = 4;
+/// The default maximum message size of a tenant
+/// (<https://learn.microsoft.com/en-us/exchange/mail-flow-best-practices/message-size-limits>).
+pub const DEFAULT_MESSAGE_LIMIT: u64 = 35 * 1024 * 1024;
+
+/// A message as the mailbox holds it.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub id: String,
+    pub folder: String,
+    /// The create request's JSON as sent (attachments' bytes left out).
+    pub json: Value,
+    /// Stored as a draft: created without message flags that make it a received item
+    /// (<https://learn.microsoft.com/en-us/graph/api/user-post-messages>: a message created
+    /// this way is a draft unless PidTagMessageFlags says otherwise).
+    pub is_draft: bool,
+    /// `PidTagMessageDeliveryTime` and `PidTagClientSubmitTime` as given, else none.
+    pub received: Option<String>,
+    pub sent: Option<String>,
+    /// Name, content type and bytes of each attachment.
+    pub attachments: Vec<(String, String, Vec<u8>)>,
+}
+
+impl StoredMessage {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.json["internetMessageHeaders"]
+            .as_array()?
+            .iter()
+            .find(|h| h["name"].as_str() == Some(name))
+            .and_then(|h| h["value"].as_str().map(str::to_string))
+    }
+
+    fn size(&self) -> u64 {
+        let attachments: u64 = self.attachments.iter().map(|a| a.2.len() as u64).sum();
+        self.json.to_string().len() as u64 + attachments
+    }
+}
+
+struct UploadSession {
+    user: String,
+    message: String,
+    name: String,
+    content_type: String,
+    size: u64,
+    bytes: Vec<u8>,
+    expires: Instant,
+}
+
+struct Inner {
+    tenant: String,
+    client_id: String,
+    client_secret: String,
+    token_lifetime: Duration,
+    /// Token -> when it stops being taken.
+    tokens: BTreeMap<String, Instant>,
+    /// User principal name (lowercase) -> folders (id, name).
+    users: BTreeMap<String, Vec<(String, String)>>,
+    messages: BTreeMap<String, (String, StoredMessage)>,
+    sessions: BTreeMap<String, UploadSession>,
+    session_lifetime: Duration,
+    message_limit: u64,
+    /// Requests in flight per mailbox.
+    in_flight: BTreeMap<String, usize>,
+    /// Path fragment -> statuses to answer with, one per request.
+    faults: Vec<(String, Vec<u16>)>,
+    /// Requests answered 429 because a mailbox had four in flight.
+    throttled: usize,
+    /// Every request: method, path and query.
+    pub requests: Vec<(String, String)>,
+    next_id: u64,
+    upload_origin: String,
+}
+
+/// A running contract server; it stops when the test's runtime ends.
+#[derive(Clone)]
+pub struct GraphServer {
+    inner: Arc<Mutex<Inner>>,
+    address: SocketAddr,
+    upload_address: SocketAddr,
+}
+
+type Answer = hyper::Response<Full<Bytes>>;
+
+fn answer(status: u16, body: &Value) -> Answer {
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("response")
+}
+
+/// Graph's error shape (<https://learn.microsoft.com/en-us/graph/errors>).
+fn error(status: u16, code: &str, message: &str) -> Answer {
+    answer(
+        status,
+        &json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+fn throttled(code: &str) -> Answer {
+    let mut response = error(
+        429,
+        code,
+        "Application is over its MailboxConcurrency limit.",
+    );
+    response
+        .headers_mut()
+        .insert("retry-after", http::HeaderValue::from_static("1"));
+    response
+}
+
+fn decode(text: &str) -> String {
+    percent_decode_str(text).decode_utf8_lossy().into_owned()
+}
+
+/// The string literal of an OData filter `field eq '...'` on `field`.
+fn filter_value(query: &BTreeMap<String, String>, field: &str) -> Option<String> {
+    let filter = query.get("$filter")?;
+    let (name, literal) = filter.split_once(" eq ")?;
+    let literal = literal.trim().strip_prefix('\'')?.strip_suffix('\'')?;
+    (name.trim() == field).then(|| literal.replace("''", "'"))
+}
+
+async fn serve(listener: tokio::net::TcpListener, inner: Arc<Mutex<Inner>>, uploads: bool) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let inner = inner.clone();
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let response = match uploads {
+                            true => upload(&inner, &parts, &body),
+                            false => graph(&inner, &parts, &body).await,
+                        };
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                },
+            );
+            let io = wasmtime_wasi_http::io::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+impl GraphServer {
+    /// Starts with one tenant, one app registration and the given users' mailboxes.
+    pub async fn start(tenant: &str, client_id: &str, secret: &str, users: &[&str]) -> GraphServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let uploads = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let upload_address = uploads.local_addr().expect("address");
+        let inner = Arc::new(Mutex::new(Inner {
+            tenant: tenant.into(),
+            client_id: client_id.into(),
+            client_secret: secret.into(),
+            token_lifetime: Duration::from_secs(3599),
+            tokens: BTreeMap::new(),
+            users: users
+                .iter()
+                .map(|u| (u.to_lowercase(), Vec::new()))
+                .collect(),
+            messages: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            session_lifetime: Duration::from_secs(900),
+            message_limit: DEFAULT_MESSAGE_LIMIT,
+            in_flight: BTreeMap::new(),
+            faults: Vec::new(),
+            throttled: 0,
+            requests: Vec::new(),
+            next_id: 1,
+            upload_origin: format!("http://{upload_address}"),
+        }));
+        tokio::spawn(serve(listener, inner.clone(), false));
+        tokio::spawn(serve(uploads, inner.clone(), true));
+        GraphServer {
+            inner,
+            address,
+            upload_address,
+        }
+    }
+
+    /// The origin of Graph and of the login service.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The origin upload sessions are served on.
+    pub fn upload_origin(&self) -> String {
+        format!("http://{}", self.upload_address)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self.inner.lock().expect("graph lock"))
+    }
+
+    /// How long tokens issued from now on are taken.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.with(|i| i.token_lifetime = lifetime);
+    }
+
+    /// How long upload sessions created from now on last.
+    pub fn set_session_lifetime(&self, lifetime: Duration) {
+        self.with(|i| i.session_lifetime = lifetime);
+    }
+
+    /// The tenant's maximum message size.
+    pub fn set_message_limit(&self, bytes: u64) {
+        self.with(|i| i.message_limit = bytes);
+    }
+
+    /// Answers the next requests whose path contains `fragment` with these statuses (429 and
+    /// 503 with `Retry-After: 1`), before serving normally.
+    pub fn fail(&self, fragment: &str, statuses: &[u16]) {
+        self.with(|i| i.faults.push((fragment.into(), statuses.to_vec())));
+    }
+
+    /// Every message of `user`'s folder named `folder`.
+    pub fn messages(&self, user: &str, folder: &str) -> Vec<StoredMessage> {
+        self.with(|i| {
+            let Some(folders) = i.users.get(&user.to_lowercase()) else {
+                return Vec::new();
+            };
+            let Some((folder_id, _)) = folders.iter().find(|(_, name)| name == folder) else {
+                return Vec::new();
+            };
+            i.messages
+                .values()
+                .filter(|(owner, m)| *owner == user.to_lowercase() && &m.folder == folder_id)
+                .map(|(_, m)| m.clone())
+                .collect()
+        })
+    }
+
+    /// The names of `user`'s top-level folders.
+    pub fn folders(&self, user: &str) -> Vec<String> {
+        self.with(|i| {
+            i.users
+                .get(&user.to_lowercase())
+                .map(|f| f.iter().map(|(_, name)| name.clone()).collect())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Requests answered 429 for a mailbox's concurrency.
+    pub fn throttled(&self) -> usize {
+        self.with(|i| i.throttled)
+    }
+
+    /// Every request: method, then path and query.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.with(|i| i.requests.clone())
+    }
+}
+
+impl Inner {
+    fn fault(&mut self, path: &str) -> Option<Answer> {
+        let (_, statuses) = self.faults.iter_mut().find(|(fragment, statuses)| {
+            path.contains(fragment.as_str()) && !statuses.is_empty()
+        })?;
+        let status = statuses.remove(0);
+        let mut response = error(status, "ServiceUnavailable", "fault injected by the test");
+        if matches!(status, 429 | 503) {
+            response
+                .headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("1"));
+        }
+        Some(response)
+    }
+
+    fn id(&mut self, prefix: &str) -> String {
+        self.next_id += 1;
+        format!("{prefix}{:06}", self.next_id)
+    }
+
+    /// The token endpoint (<https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-client-creds-grant-flow>).
+    fn token(&mut self, tenant: &str, body: &[u8]) -> Answer {
+        let form: BTreeMap<String, String> = String::from_utf8_lossy(body)
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (decode(k), decode(&v.replace('+', " "))))
+            .collect();
+        let aad = |status: u16, error: &str, code: u64, text: &str| {
+            answer(
+                status,
+                &json!({ "error": error, "error_description": format!("AADSTS{code}: {text}"),
+                    "error_codes": [code] }),
+            )
+        };
+        if tenant != self.tenant {
+            return aad(400, "invalid_request", 90002, "Tenant not found.");
+        }
+        if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+            return aad(
+                400,
+                "unsupported_grant_type",
+                70003,
+                "The app requested an unsupported grant type.",
+            );
+        }
+        if form.get("scope").map(String::as_str) != Some("https://graph.microsoft.com/.default") {
+            return aad(
+                400,
+                "invalid_scope",
+                1002012,
+                "The provided value for scope is not valid.",
+            );
+        }
+        if form.get("client_id") != Some(&self.client_id) {
+            return aad(
+                400,
+                "unauthorized_client",
+                700016,
+                "Application not found in the directory.",
+            );
+        }
+        if form.get("client_secret") != Some(&self.client_secret) {
+            return aad(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided.",
+            );
+        }
+        let token = self.id("token-");
+        self.tokens
+            .insert(token.clone(), Instant::now() + self.token_lifetime);
+        answer(
+            200,
+            &json!({ "token_type": "Bearer", "expires_in": self.token_lifetime.as_secs(),
+                "ext_expires_in": self.token_lifetime.as_secs(), "access_token": token }),
+        )
+    }
+
+    /// Every Graph call carries a valid bearer token
+    /// (<https://learn.microsoft.com/en-us/graph/auth-v2-service>).
+    fn authorised(&self, parts: &http::request::Parts) -> bool {
+        let Some(value) = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        let Some(token) = value.strip_prefix("Bearer ") else {
+            return false;
+        };
+        self.tokens
+            .get(token)
+            .is_some_and(|expires| Instant::now() < *expires)
+    }
+
+    fn folder_of(&self, user: &str, folder: &str) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|folders| folders.iter().any(|(id, _)| id == folder))
+    }
+
+    fn route(
+        &mut self,
+        method: &str,
+        user: &str,
+        rest: &[String],
+        query: &BTreeMap<String, String>,
+        body: &[u8],
+    ) -> Answer {
+        if !self.users.contains_key(user) {
+            // <https://learn.microsoft.com/en-us/graph/errors>: a user the tenant lacks.
+            return error(
+                404,
+                "ErrorInvalidUser",
+                &format!("The requested user '{user}' is invalid."),
+            );
+        }
+        let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+        match (method, rest.as_slice()) {
+            // <https://learn.microsoft.com/en-us/graph/api/user-list-mailfolders>
+            ("GET", ["mailFolders"]) => {
+                let name = filter_value(query, "displayName");
+                let list: Vec<Value> = self.users[user]
+                    .iter()
+                    .filter(|(_, n)| {
+                        name.as_ref()
+                            .is_none_or(|x| x.to_lowercase() == n.to_lowercase())
+                    })
+                    .map(|(id, n)| json!({ "id": id, "displayName": n }))
+                    .collect();
+                answer(200, &json!({ "value": list }))
+            }
+            // <https://learn.microsoft.com/en-us/graph/api/user-post-mailfolders>
+            ("POST", ["mailFolders"]) => {
+                let request: Value = serde_json::from_slice(body).unwrap_or_default();
+                let Some(name) = request["displayName"].as_str() else {
+                    return error(400, "ErrorInvalidRequest", "displayName is required");
+                };
+                if self.users[user]
+                    .iter()
+                    .any(|(_, n)| n.to_lowercase() == name.to_lowercase())
+                {
+                    return error(
+                        409,
+                        "ErrorFolderExists",
+                        "A folder with the specified name already exists.",
+                    );
+                }
+                let id = self.id("folder-");
+                self.users
+                    .get_mut(user)
+                    .unwrap()
+                    .push((id.clone(), name.to_string()));
+                answer(201, &json!({ "id": id, "displayName": name }))
+            }
+            ("GET", ["mailFolders", folder, "messages"]) => {
+                if !self.folder_of(user, folder) {
+                    return error(
+                        404,
+                        "ErrorItemNotFound",
+                        "The specified object was not found in the store.",
+                    );
+                }
+                let wanted = filter_value(query, "internetMessageId");
+                let list: Vec<Value> = self
+                    .messages
+                    .values()
+                    .filter(|(owner, m)| owner == user && m.folder == *folder)
+                    .filter(|(_, m)| {
+                        wanted
+                            .as_ref()
+                            .is_none_or(|w| m.json["internetMessageId"] == w.as_str())
+                    })
+                    .map(
+                        |(_, m)| json!({ "id": m.id, "hasAttachments": !m.attachments.is_empty() }),
+                    )
+                    .collect();
+                answer(200, &json!({ "value": list }))
+            }
+            ("POST", ["mailFolders", folder, "messages"]) => {
+                if !self.folder_of(user, folder) {
+                    return error(
+                        404,
+                        "ErrorItemNotFound",
+                        "The specified object was not found in the store.",
+                    );
+                }
+                self.create_message(user, folder, body)
+            }
+            // <https://learn.microsoft.com/en-us/graph/api/message-delete>
+            ("DELETE", ["messages", id]) => match self.messages.remove(*id) {
+                Some(_) => hyper::Response::builder()
+                    .status(204)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+                None => error(
+                    404,
+                    "ErrorItemNotFound",
+                    "The specified object was not found in the store.",
+                ),
+            },
+            // <https://learn.microsoft.com/en-us/graph/api/message-list-attachments>
+            ("GET", ["messages", id, "attachments"]) => match self.messages.get(*id) {
+                Some((_, m)) => {
+                    let list: Vec<Value> = m.attachments.iter().enumerate()
+                        .map(|(n, a)| json!({ "id": format!("att-{n}"), "name": a.0, "size": a.2.len() }))
+                        .collect();
+                    answer(200, &json!({ "value": list }))
+                }
+                None => error(
+                    404,
+                    "ErrorItemNotFound",
+                    "The specified object was not found in the store.",
+                ),
+            },
+            // <https://learn.microsoft.com/en-us/graph/api/message-post-attachments>: under 3 MB.
+            ("POST", ["messages", id, "attachments"]) => {
+                let request: Value = serde_json::from_slice(body).unwrap_or_default();
+                let Some(bytes) = request["contentBytes"]
+                    .as_str()
+                    .and_then(|b| BASE64.decode(b).ok())
+                else {
+                    return error(400, "ErrorInvalidRequest", "contentBytes is required");
+                };
+                if bytes.len() as u64 >= INLINE_LIMIT {
+                    return error(
+                        400,
+                        "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize",
+                        "use an upload session for 3 MB or more",
+                    );
+                }
+                let attachment = (
+                    request["name"].as_str().unwrap_or_default().to_string(),
+                    request["contentType"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    bytes,
+                );
+                self.add_attachment(id, attachment)
+            }
+            // <https://learn.microsoft.com/en-us/graph/api/attachment-createuploadsession>
+            ("POST", ["messages", id, "attachments", "createUploadSession"]) => {
+                if !self.messages.contains_key(*id) {
+                    return error(
+                        404,
+                        "ErrorItemNotFound",
+                        "The specified object was not found in the store.",
+                    );
+                }
+                let request: Value = serde_json::from_slice(body).unwrap_or_default();
+                let item = &request["AttachmentItem"];
+                let size = item["size"].as_u64().unwrap_or(0);
+                if item["attachmentType"] != "file" || item["name"].as_str().is_none() || size == 0
+                {
+                    return error(
+                        400,
+                        "ErrorInvalidRequest",
+                        "AttachmentItem needs attachmentType file, name and size",
+                    );
+                }
+                if size > SESSION_LIMIT {
+                    return error(
+                        400,
+                        "ErrorAttachmentSizeExceeded",
+                        "attachments are at most 150 MB",
+                    );
+                }
+                let token = self.id("session-");
+                let expires = Instant::now() + self.session_lifetime;
+                self.sessions.insert(
+                    token.clone(),
+                    UploadSession {
+                        user: user.to_string(),
+                        message: id.to_string(),
+                        name: item["name"].as_str().unwrap_or_default().into(),
+                        content_type: item["contentType"].as_str().unwrap_or_default().into(),
+                        size,
+                        bytes: Vec::new(),
+                        expires,
+                    },
+                );
+                answer(
+                    201,
+                    &json!({
+                        "uploadUrl": format!("{}/upload/{token}?authtoken=opaque", self.upload_origin),
+                        "expirationDateTime": (chrono::Utc::now() + chrono::Duration::from_std(self.session_lifetime).unwrap()).to_rfc3339(),
+                        "nextExpectedRanges": ["0-"],
+                    }),
+                )
+            }
+            _ => error(
+                400,
+                "BadRequest",
+                &format!("no such route: {method} {}", rest.join("/")),
+            ),
+        }
+    }
+
+    fn create_message(&mut self, user: &str, folder: &str, body: &[u8]) -> Answer {
+        let Ok(mut request) = serde_json::from_slice::<Value>(body) else {
+            return error(400, "RequestBodyRead", "the body is not JSON");
+        };
+        // <https://learn.microsoft.com/en-us/graph/api/resources/internetmessageheader>: only
+        // `x-` headers may be set; Exchange Online keeps five.
+        let headers = request["internetMessageHeaders"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if headers.iter().any(|h| {
+            !h["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+                .starts_with("x-")
+        }) {
+            return error(
+                400,
+                "InvalidInternetMessageHeader",
+                "The internet message header name should start with 'x-' or 'X-'.",
+            );
+        }
+        if headers.len() > MAX_HEADERS {
+            return error(
+                400,
+                "InvalidInternetMessageHeaderCollection",
+                "Maximum number of headers in one message should be less than or equal to 5.",
+            );
+        }
+        // Read-only on creation (<https://learn.microsoft.com/en-us/graph/api/resources/message>).
+        for field in ["sentDateTime", "receivedDateTime", "isDraft"] {
+            if request.get(field).is_some() {
+                return error(
+                    400,
+                    "ErrorInvalidProperty",
+                    &format!("{field} is read-only"),
+                );
+            }
+        }
+        let property = |id: &str| {
+            request["singleValueExtendedProperties"]
+                .as_array()
+                .and_then(|p| {
+                    p.iter().find(|p| {
+                        p["id"].as_str().map(str::to_lowercase) == Some(id.to_lowercase())
+                    })
+                })
+                .and_then(|p| p["value"].as_str().map(str::to_string))
+        };
+        // MSGFLAG_UNSENT (8) marks a draft; with no flags given, Exchange makes a draft.
+        let is_draft = match property("Integer 0x0E07").and_then(|v| v.parse::<u32>().ok()) {
+            Some(flags) => flags & 8 != 0,
+            None => true,
+        };
+        let (received, sent) = (property("SystemTime 0x0E06"), property("SystemTime 0x0039"));
+        let mut attachments = Vec::new();
+        for attachment in request["attachments"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let Some(bytes) = attachment["contentBytes"]
+                .as_str()
+                .and_then(|b| BASE64.decode(b).ok())
+            else {
+                return error(
+                    400,
+                    "ErrorInvalidRequest",
+                    "an attachment without contentBytes",
+                );
+            };
+            attachments.push((
+                attachment["name"].as_str().unwrap_or_default().to_string(),
+                attachment["contentType"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                bytes,
+            ));
+        }
+        if let Some(object) = request.as_object_mut() {
+            object.remove("attachments");
+        }
+        let id = self.id("message-");
+        let message = StoredMessage {
+            id: id.clone(),
+            folder: folder.to_string(),
+            json: request,
+            is_draft,
+            received,
+            sent,
+            attachments,
+        };
+        if message.size() > self.message_limit {
+            return self.too_large();
+        }
+        self.messages
+            .insert(id.clone(), (user.to_string(), message));
+        answer(201, &json!({ "id": id, "isDraft": is_draft }))
+    }
+
+    /// Above the tenant's maximum message size
+    /// (<https://learn.microsoft.com/en-us/exchange/mail-flow-best-practices/message-size-limits>).
+    fn too_large(&self) -> Answer {
+        error(
+            413,
+            "ErrorMessageSizeExceeded",
+            &format!(
+                "The message exceeds the maximum supported size of {} bytes.",
+                self.message_limit
+            ),
+        )
+    }
+
+    fn add_attachment(&mut self, id: &str, attachment: (String, String, Vec<u8>)) -> Answer {
+        let limit = self.message_limit;
+        let Some((_, message)) = self.messages.get_mut(id) else {
+            return error(
+                404,
+                "ErrorItemNotFound",
+                "The specified object was not found in the store.",
+            );
+        };
+        message.attachments.push(attachment);
+        if message.size() > limit {
+            message.attachments.pop();
+            return self.too_large();
+        }
+        answer(
+            201,
+            &json!({ "id": format!("att-{}", message.attachments.len() - 1) }),
+        )
+    }
+}
+
+/// Graph and the login service.
+async fn graph(inner: &Arc<Mutex<Inner>>, parts: &http::request::Parts, body: &[u8]) -> Answer {
+    let path = parts.uri.path().to_string();
+    let query: BTreeMap<String, String> = parts
+        .uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect();
+    let segments: Vec<String> = path.trim_matches('/').split('/').map(decode).collect();
+    let user = {
+        let mut i = inner.lock().expect("graph lock");
+        i.requests
+            .push((parts.method.to_string(), parts.uri.to_string()));
+        if let Some(fault) = i.fault(&path) {
+            return fault;
+        }
+        if body.len() > REQUEST_LIMIT {
+            return error(
+                413,
+                "RequestEntityTooLarge",
+                "The request is larger than 4 MB.",
+            );
+        }
+        if let [tenant, oauth, version, token] = segments.as_slice()
+            && oauth == "oauth2"
+            && version == "v2.0"
+            && token == "token"
+            && parts.method == "POST"
+        {
+            let tenant = tenant.clone();
+            return i.token(&tenant, body);
+        }
+        if !i.authorised(parts) {
+            return error(
+                401,
+                "InvalidAuthenticationToken",
+                "Access token has expired or is not yet valid.",
+            );
+        }
+        let [version, users, user, ..] = segments.as_slice() else {
+            return error(400, "BadRequest", "no such route");
+        };
+        if version != "v1.0" || users != "users" {
+            return error(400, "BadRequest", "no such route");
+        }
+        let user = user.to_lowercase();
+        let busy = i.in_flight.entry(user.clone()).or_default();
+        if *busy >= MAILBOX_CONCURRENCY {
+            i.throttled += 1;
+            return throttled("ApplicationThrottled");
+        }
+        *busy += 1;
+        user
+    };
+    // Each request takes a little while, as the service's do, so that concurrency shows.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut i = inner.lock().expect("graph lock");
+    let response = i.route(parts.method.as_str(), &user, &segments[3..], &query, body);
+    if let Some(busy) = i.in_flight.get_mut(&user) {
+        *busy -= 1;
+    }
+    response
+}
+
+/// An upload session's `PUT`s
+/// (<https://learn.microsoft.com/en-us/graph/outlook-large-attachments#step-2-use-the-upload-session-to-upload-a-range-of-bytes-of-the-file>).
+fn upload(inner: &Arc<Mutex<Inner>>, parts: &http::request::Parts, body: &[u8]) -> Answer {
+    let mut i = inner.lock().expect("graph lock");
+    i.requests
+        .push((parts.method.to_string(), format!("upload:{}", parts.uri)));
+    if let Some(fault) = i.fault("upload:") {
+        return fault;
+    }
+    // The upload URL is pre-authenticated: a request that also carries an Authorization
+    // header fails.
+    if parts.headers.contains_key("authorization") {
+        return error(
+            401,
+            "InvalidAuthenticationToken",
+            "Do not send an Authorization header to the upload URL.",
+        );
+    }
+    let token = parts.uri.path().trim_start_matches("/upload/").to_string();
+    if parts.method != "PUT" {
+        return error(405, "MethodNotAllowed", "PUT byte ranges");
+    }
+    let Some(session) = i.sessions.get_mut(&token) else {
+        return error(
+            404,
+            "ErrorItemNotFound",
+            "The upload session does not exist.",
+        );
+    };
+    if Instant::now() > session.expires {
+        i.sessions.remove(&token);
+        return error(404, "ErrorItemNotFound", "The upload session has expired.");
+    }
+    let range = parts
+        .headers
+        .get("content-range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split_once('/'))
+        .and_then(|(span, total)| {
+            let (start, end) = span.split_once('-')?;
+            Some((
+                start.parse::<u64>().ok()?,
+                end.parse::<u64>().ok()?,
+                total.parse::<u64>().ok()?,
+            ))
+        });
+    let Some((start, end, total)) = range else {
+        return error(
+            400,
+            "InvalidRange",
+            "Content-Range bytes start-end/total is required",
+        );
+    };
+    let length = body.len() as u64;
+    let last = end + 1 == session.size;
+    let valid = total == session.size
+        && start == session.bytes.len() as u64
+        && end >= start
+        && end - start + 1 == length
+        && length <= REQUEST_LIMIT as u64
+        && (last || length.is_multiple_of(RANGE_UNIT));
+    if !valid {
+        return error(
+            400,
+            "InvalidRange",
+            &format!(
+                "expected the range from {} of {}",
+                session.bytes.len(),
+                session.size
+            ),
+        );
+    }
+    session.bytes.extend_from_slice(body);
+    if !last {
+        let next = session.bytes.len();
+        return answer(
+            200,
+            &json!({ "expirationDateTime": chrono::Utc::now().to_rfc3339(), "nextExpectedRanges": [next.to_string()] }),
+        );
+    }
+    let session = i.sessions.remove(&token).expect("session");
+    let owner_ok = i
+        .messages
+        .get(&session.message)
+        .is_some_and(|(owner, _)| *owner == session.user);
+    if !owner_ok {
+        return error(404, "ErrorItemNotFound", "The message has gone.");
+    }
+    let added = i.add_attachment(
+        &session.message,
+        (session.name, session.content_type, session.bytes),
+    );
+    if added.status() != 201 {
+        return added;
+    }
+    let mut response = hyper::Response::builder()
+        .status(201)
+        .body(Full::new(Bytes::new()))
+        .expect("response");
+    response.headers_mut().insert(
+        "location",
+        http::HeaderValue::from_static("https://outlook.office.com/api/v2.0/attachments"),
+    );
+    response
+}
