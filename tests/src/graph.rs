@@ -84,6 +84,10 @@ struct Inner {
     client_id: String,
     client_secret: String,
     token_lifetime: Duration,
+    /// The application permissions admin consent granted the app.
+    roles: Vec<String>,
+    /// Mailboxes the app's RBAC management scope leaves out.
+    out_of_scope: Vec<String>,
     /// Token -> when it stops being taken.
     tokens: BTreeMap<String, Instant>,
     /// User principal name (lowercase) -> folders (id, name).
@@ -200,6 +204,8 @@ impl GraphServer {
             client_id: client_id.into(),
             client_secret: secret.into(),
             token_lifetime: Duration::from_secs(3599),
+            roles: vec!["Mail.ReadWrite".into()],
+            out_of_scope: Vec::new(),
             tokens: BTreeMap::new(),
             users: users
                 .iter()
@@ -242,6 +248,16 @@ impl GraphServer {
     /// How long tokens issued from now on are taken.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.with(|i| i.token_lifetime = lifetime);
+    }
+
+    /// The application permissions tokens issued from now on grant (consent not granted: none).
+    pub fn set_roles(&self, roles: &[&str]) {
+        self.with(|i| i.roles = roles.iter().map(|r| r.to_string()).collect());
+    }
+
+    /// Leaves `user`'s mailbox out of the app's RBAC for Applications scope.
+    pub fn leave_out_of_scope(&self, user: &str) {
+        self.with(|i| i.out_of_scope.push(user.to_lowercase()));
     }
 
     /// How long upload sessions created from now on last.
@@ -367,7 +383,18 @@ impl Inner {
                 "Invalid client secret provided.",
             );
         }
-        let token = self.id("token-");
+        // A JWT whose payload lists the granted application permissions in `roles`
+        // (<https://learn.microsoft.com/en-us/entra/identity-platform/access-token-claims-reference>).
+        let claims = json!({ "aud": "https://graph.microsoft.com", "tid": self.tenant,
+            "appid": self.client_id, "roles": self.roles, "uti": self.id("uti-") });
+        let encode = |value: &Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+        };
+        let token = format!(
+            "{}.{}.signature",
+            encode(&json!({ "typ": "JWT", "alg": "RS256" })),
+            encode(&claims)
+        );
         self.tokens
             .insert(token.clone(), Instant::now() + self.token_lifetime);
         answer(
@@ -415,6 +442,18 @@ impl Inner {
                 404,
                 "ErrorInvalidUser",
                 &format!("The requested user '{user}' is invalid."),
+            );
+        }
+        // Without Mail.ReadWrite, or outside the app's scope, mail calls are denied
+        // (<https://learn.microsoft.com/en-us/graph/permissions-reference#mailreadwrite>,
+        // <https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac>).
+        if !self.roles.iter().any(|r| r == "Mail.ReadWrite")
+            || self.out_of_scope.iter().any(|u| u == user)
+        {
+            return error(
+                403,
+                "ErrorAccessDenied",
+                "Access is denied. Check credentials and try again.",
             );
         }
         let rest: Vec<&str> = rest.iter().map(String::as_str).collect();

@@ -358,7 +358,95 @@ async fn a_wrong_client_secret_fails_the_run_saying_so_and_never_shows_the_secre
     let error = outcome.expect_err("the run fails");
     assert!(error.contains("refused the client secret"), "{error}");
     assert!(ids(&graph).is_empty());
-    let status = status(&app).await.to_string();
-    assert!(!status.contains(CLIENT_SECRET), "{status}");
+    let status = status(&app).await;
+    let flag = &status["health"]["destination_login_failure"]["reason"];
+    assert!(
+        flag.as_str().unwrap_or_default().contains("client secret"),
+        "the connector's health says the destination refused the login: {status}"
+    );
+    assert!(!status.to_string().contains(CLIENT_SECRET), "{status}");
     assert!(!app.logs().contains(CLIENT_SECRET));
+}
+
+async fn destination_check(app: &App) -> Value {
+    admin(
+        app,
+        "GET",
+        "/api/destination",
+        "application/json",
+        String::new(),
+    )
+    .await
+}
+
+fn check<'v>(report: &'v Value, name: &str) -> &'v Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_destination_check_names_a_wrong_secret_missing_consent_and_a_mailbox_out_of_scope() {
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+
+    // A wrong secret: the login check says so, and nothing echoes the secret.
+    let graph = GraphServer::start(TENANT, CLIENT_ID, "the-real-secret", &USERS).await;
+    let app = archiver(&source, &graph, &[]);
+    set_up(&app, &source).await;
+    let report = destination_check(&app).await;
+    assert_eq!(report["destination"], "graph");
+    assert_eq!(report["ok"], false);
+    let login = check(&report, "login");
+    assert_eq!(login["ok"], false);
+    assert!(
+        login["detail"]
+            .as_str()
+            .unwrap()
+            .contains("refused the client secret"),
+        "{report}"
+    );
+    assert!(!report.to_string().contains(CLIENT_SECRET));
+
+    // Consent not granted: the token carries no Mail.ReadWrite.
+    let graph = GraphServer::start(TENANT, CLIENT_ID, CLIENT_SECRET, &USERS).await;
+    graph.set_roles(&[]);
+    let app = archiver(&source, &graph, &[]);
+    set_up(&app, &source).await;
+    let report = destination_check(&app).await;
+    assert_eq!(check(&report, "login")["ok"], true, "{report}");
+    let permission = check(&report, "permission");
+    assert_eq!(permission["ok"], false);
+    assert!(
+        permission["detail"]
+            .as_str()
+            .unwrap()
+            .contains("grant admin consent"),
+        "{report}"
+    );
+
+    // Granted, but one mailbox out of the app's scope, one user the tenant lacks.
+    graph.set_roles(&["Mail.ReadWrite"]);
+    graph.leave_out_of_scope("carol@acme.example");
+    let report = destination_check(&app).await;
+    assert_eq!(check(&report, "permission")["ok"], true, "{report}");
+    assert_eq!(
+        check(&report, "mailbox dave@acme.example")["ok"],
+        true,
+        "{report}"
+    );
+    let carol = check(&report, "mailbox carol@acme.example");
+    assert_eq!(carol["ok"], false);
+    assert!(
+        carol["detail"].as_str().unwrap().contains("RBAC"),
+        "{report}"
+    );
+    let frank = check(&report, "mailbox frank@acme.example");
+    assert!(
+        frank["detail"].as_str().unwrap().contains("no mailbox"),
+        "{report}"
+    );
+    assert_eq!(report["ok"], false);
 }

@@ -1802,3 +1802,58 @@ async fn every_replicas_timer_firing_at_once_starts_one_run_per_connector() {
         assert!(ids.iter().all(|id| delivered.contains_key(id)), "{user}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_destination_check_reports_the_jmap_login_and_each_mapped_mailbox() {
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let app = archiver(&source);
+    create_connector(&app, &source, CONNECTOR).await;
+    admin(
+        &app,
+        "PUT",
+        &format!("/api/connectors/{CONNECTOR}/mapping"),
+        "text/csv",
+        MAPPING.into(),
+    )
+    .await;
+    let report = admin(
+        &app,
+        "GET",
+        "/api/destination",
+        "application/json",
+        String::new(),
+    )
+    .await;
+    assert_eq!(report["destination"], "jmap", "{report}");
+    let checks = report["checks"].as_array().unwrap();
+    let named = |name: &str| checks.iter().find(|c| c["check"] == name).cloned();
+    assert_eq!(named("login").unwrap()["ok"], true, "{report}");
+    assert_eq!(
+        named("mailbox carol@acme.example").unwrap()["ok"],
+        true,
+        "{report}"
+    );
+    let frank = named("mailbox frank@acme.example").unwrap();
+    assert_eq!(frank["ok"], false, "frank has no mailbox: {report}");
+    assert_eq!(report["ok"], false);
+
+    let wrong = archiver_with(&source, &[("jmap_password", "not-the-password")]);
+    let report = admin(
+        &wrong,
+        "GET",
+        "/api/destination",
+        "application/json",
+        String::new(),
+    )
+    .await;
+    let login = &report["checks"][0];
+    assert_eq!(login["ok"], false, "{report}");
+    assert!(
+        login["detail"]
+            .as_str()
+            .unwrap()
+            .contains("refused the service account"),
+        "{report}"
+    );
+    assert!(!report.to_string().contains("not-the-password"));
+}

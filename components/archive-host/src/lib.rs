@@ -425,6 +425,65 @@ pub async fn send(
     })
 }
 
+/// Microsoft Graph's settings and login, for the import and the destination check.
+pub mod graph {
+    use archiver_core::graph::{AccessToken, GraphSettings, LoginError, parse_token};
+    use std::time::Duration;
+
+    /// The Graph settings of the deployment; an unset one is named.
+    pub fn settings() -> Result<GraphSettings, String> {
+        let set = |name: &str| -> Result<String, String> {
+            match super::variable(name)?.trim() {
+                "" => Err(format!(
+                    "variable {name} is not set: the graph destination needs it"
+                )),
+                value => Ok(value.trim_end_matches('/').to_string()),
+            }
+        };
+        Ok(GraphSettings {
+            graph_origin: set("graph_origin")?,
+            login_origin: set("graph_login_origin")?,
+            tenant: set("graph_tenant")?,
+            client_id: set("graph_client_id")?,
+        })
+    }
+
+    /// Gets a token with the client credentials, asking again when the service is briefly
+    /// unavailable.
+    pub async fn login(
+        settings: &GraphSettings,
+        client_secret: &str,
+        timeout: Duration,
+    ) -> Result<AccessToken, LoginError> {
+        let (request, form) = settings.token_request(client_secret);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let body = Some((
+                "application/x-www-form-urlencoded",
+                form.clone().into_bytes(),
+            ));
+            let answer = match super::send_within(&request, body, timeout).await {
+                Ok(answer) => parse_token(
+                    answer.status,
+                    &answer.body,
+                    &settings.tenant,
+                    chrono::Utc::now(),
+                ),
+                // Not the transport's text: it is about the request, whose form holds the
+                // secret.
+                Err(_) => Err(LoginError::Unreachable),
+            };
+            match answer {
+                Err(e) if e.is_transient() && attempt < 3 => {
+                    super::sleep(Duration::from_secs(1)).await
+                }
+                answer => return answer,
+            }
+        }
+    }
+}
+
 /// The connector's lease, through `wasi:keyvalue` compare-and-swap on the `default` store.
 pub mod lease {
     use archiver_core::lease::{self, Lease, LeaseDecision};

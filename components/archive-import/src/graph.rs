@@ -8,18 +8,19 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use archive_host::graph::{login, settings};
 use archive_host::{Answer, send_within, sleep};
 use archiver_core::digest::StreamingSha256;
 use archiver_core::graph::{
-    self, AccessToken, Failure, GraphError, GraphSettings, LoginError, attachments_inline,
-    content_range, message_json, parse_folder, parse_id, parse_ids, parse_token, upload_ranges,
+    self, AccessToken, Failure, GraphError, GraphSettings, attachments_inline, content_range,
+    message_json, parse_folder, parse_id, parse_ids, upload_ranges,
 };
 use archiver_core::ledger::CopyOutcome;
 use archiver_core::runs::NotImportedReason;
 use archiver_core::source_client::SourceRequest;
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use crate::step::{Context, Copy, Outcomes, StepItems, hold_lease, required_secret, variable};
+use crate::step::{Context, Copy, OpenFailure, Outcomes, StepItems, hold_lease, required_secret};
 
 /// Requests in flight at once: Exchange Online takes four at once per mailbox
 /// (<https://learn.microsoft.com/en-us/graph/throttling-limits#outlook-service-limits>).
@@ -45,8 +46,8 @@ type Failed = Failure;
 impl Graph {
     /// Loads the settings and a token (kept sealed between steps), or says why the run cannot
     /// go on.
-    pub async fn open(context: &Context<'_>) -> anyhow::Result<Result<Graph, String>> {
-        let settings = settings()?;
+    pub async fn open(context: &Context<'_>) -> anyhow::Result<Result<Graph, OpenFailure>> {
+        let settings = settings().map_err(anyhow::Error::msg)?;
         let client_secret = required_secret("graph_client_secret")?;
         let timeout = context.config.timeout;
         let now = chrono::Utc::now();
@@ -62,7 +63,13 @@ impl Graph {
                         .put_destination_token(&token, context.sealing)?;
                     token
                 }
-                Err(e) => return Ok(Err(format!("Microsoft 365 login failed: {e}"))),
+                Err(e) => {
+                    let reason = format!("Microsoft 365 login failed: {e}");
+                    return Ok(Err(match e.is_transient() {
+                        true => OpenFailure::Unavailable(reason),
+                        false => OpenFailure::Login(reason),
+                    }));
+                }
             },
         };
         Ok(Ok(Graph {
@@ -460,53 +467,6 @@ impl Graph {
                 return Err(failure);
             }
             sleep(Duration::from_secs(wait)).await;
-        }
-    }
-}
-
-/// The Graph settings of the deployment.
-fn settings() -> anyhow::Result<GraphSettings> {
-    let set = |name: &str| -> anyhow::Result<String> {
-        match variable(name)?.trim() {
-            "" => anyhow::bail!("variable {name} is not set: the graph destination needs it"),
-            value => Ok(value.trim_end_matches('/').to_string()),
-        }
-    };
-    Ok(GraphSettings {
-        graph_origin: set("graph_origin")?,
-        login_origin: set("graph_login_origin")?,
-        tenant: set("graph_tenant")?,
-        client_id: set("graph_client_id")?,
-    })
-}
-
-/// Gets a token with the client credentials.
-async fn login(
-    settings: &GraphSettings,
-    client_secret: &str,
-    timeout: Duration,
-) -> Result<AccessToken, LoginError> {
-    let (request, form) = settings.token_request(client_secret);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let body = Some((
-            "application/x-www-form-urlencoded",
-            form.clone().into_bytes(),
-        ));
-        let answer = match send_within(&request, body, timeout).await {
-            Ok(answer) => parse_token(
-                answer.status,
-                &answer.body,
-                &settings.tenant,
-                chrono::Utc::now(),
-            ),
-            // The URL alone: the form holds the secret.
-            Err(_) => Err(LoginError::Unavailable(0)),
-        };
-        match answer {
-            Err(e) if e.is_transient() && attempt < 3 => sleep(Duration::from_secs(1)).await,
-            answer => return answer,
         }
     }
 }

@@ -16,7 +16,8 @@ use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::step::{
-    Context, Copy, Outcomes, StepItems, Transient, hold_lease, required_secret, variable,
+    Context, Copy, OpenFailure, Outcomes, StepItems, Transient, hold_lease, required_secret,
+    variable,
 };
 
 /// The JMAP destination as the service account sees it, with each account's folder once found.
@@ -30,7 +31,7 @@ pub struct Jmap {
 
 impl Jmap {
     /// Reads the JMAP session, or says why the run cannot go on.
-    pub async fn open(context: &Context<'_>) -> anyhow::Result<Result<Jmap, String>> {
+    pub async fn open(context: &Context<'_>) -> anyhow::Result<Result<Jmap, OpenFailure>> {
         let session_url = variable("jmap_session_url")?;
         let authorization = basic_auth(
             &variable("jmap_username")?,
@@ -44,13 +45,24 @@ impl Jmap {
         let timeout = context.config.timeout;
         let answer = match send_within(&session_request, None, timeout).await {
             Ok(answer) if answer.status == 200 => answer,
+            Ok(answer) if matches!(answer.status, 401 | 403) => {
+                return Ok(Err(OpenFailure::Login(format!(
+                    "the mail server refused the service account jmap_username ({}): check \
+                     jmap_username and jmap_password",
+                    answer.status
+                ))));
+            }
             Ok(answer) => {
-                return Ok(Err(format!(
+                return Ok(Err(OpenFailure::Unavailable(format!(
                     "the mail server's JMAP session answered {}",
                     answer.status
-                )));
+                ))));
             }
-            Err(e) => return Ok(Err(format!("the mail server is unreachable: {e}"))),
+            Err(e) => {
+                return Ok(Err(OpenFailure::Unavailable(format!(
+                    "the mail server is unreachable: {e}"
+                ))));
+            }
         };
         Ok(Ok(Jmap {
             session: Session::parse(&answer.body, &session_url)?,

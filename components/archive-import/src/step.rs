@@ -10,7 +10,7 @@ use archiver_core::ledger::{CopyOutcome, Ledger};
 use archiver_core::phone::Region;
 use archiver_core::pipeline::{StagedItem, StepBudget, StepLimits, may_be_delivered};
 use archiver_core::resolve::MappingRules;
-use archiver_core::runs::{NotImportedReason, Phase, Run, RunState};
+use archiver_core::runs::{LoginFailure, NotImportedReason, Phase, Run, RunState};
 use archiver_core::secrets::SecretKey;
 use archiver_core::state::{Sealing, State};
 use chrono::Utc;
@@ -127,6 +127,14 @@ impl Outcomes {
     }
 }
 
+/// Why a destination could not be opened for a step.
+pub enum OpenFailure {
+    /// It refused the credentials: an admin must fix them (a health flag says so).
+    Login(String),
+    /// Unreachable or failing: the next run tries again.
+    Unavailable(String),
+}
+
 /// The destination the deployment archives into (the `destination` variable).
 enum Destination {
     Jmap(jmap::Jmap),
@@ -135,7 +143,7 @@ enum Destination {
 
 impl Destination {
     /// Connects, or says why the run cannot go on.
-    async fn open(context: &Context<'_>) -> anyhow::Result<Result<Destination, String>> {
+    async fn open(context: &Context<'_>) -> anyhow::Result<Result<Destination, OpenFailure>> {
         Ok(match context.config.destination.as_str() {
             "jmap" => jmap::Jmap::open(context).await?.map(Destination::Jmap),
             "graph" => graph::Graph::open(context).await?.map(Destination::Graph),
@@ -197,10 +205,22 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
             address_domain: &config.address_domain,
         },
     };
+    let mut health = state.health(connector_id)?;
     let mut destination = match Destination::open(&context).await? {
         Ok(destination) => destination,
-        Err(reason) => return fail(&state, &mut run, reason),
+        Err(OpenFailure::Login(reason)) => {
+            health.destination_login_failure = Some(LoginFailure {
+                at: Utc::now(),
+                reason: reason.clone(),
+            });
+            state.put_health(connector_id, &health)?;
+            return fail(&state, &mut run, reason);
+        }
+        Err(OpenFailure::Unavailable(reason)) => return fail(&state, &mut run, reason),
     };
+    if health.destination_login_failure.take().is_some() {
+        state.put_health(connector_id, &health)?;
+    }
 
     // The step's items: from the checkpoint on, as many as the limits allow.
     let mut items = Vec::new();

@@ -5,6 +5,7 @@
 //! mapped to a status and body once, by the core's `ApiError`.
 
 mod config;
+mod destination;
 mod handlers;
 
 use archiver_core::api::ApiError;
@@ -54,6 +55,10 @@ async fn route(request: &Request) -> Result<Response, ApiError> {
     match segments.as_slice() {
         ["health"] => match method {
             Method::Get => Ok(json(200, &serde_json::json!({ "status": "ok" }))),
+            _ => not_allowed(),
+        },
+        ["destination"] => match method {
+            Method::Get => destination::check(&config).await,
             _ => not_allowed(),
         },
         ["connectors"] => match method {

@@ -165,6 +165,28 @@ impl AccessToken {
     }
 }
 
+/// The application permissions an app-only access token grants (its `roles` claim), when the
+/// token is a JWT whose payload can be read; `Some(empty)` when it grants none.
+pub fn token_roles(token: &str) -> Option<Vec<String>> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    Some(
+        claims["roles"]
+            .as_array()
+            .map(|roles| {
+                roles
+                    .iter()
+                    .filter_map(|r| r.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}
+
 /// Why the app could not log in, in words an admin can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoginError {
@@ -188,12 +210,17 @@ pub enum LoginError {
     Refused { status: u16, detail: String },
     #[error("the login service's answer is not a token: {0}")]
     BadAnswer(String),
+    #[error("the login service could not be reached; check graph_login_origin")]
+    Unreachable,
 }
 
 impl LoginError {
     /// Whether waiting can help (rather than an admin fixing the settings).
     pub fn is_transient(&self) -> bool {
-        matches!(self, LoginError::Unavailable(_) | LoginError::BadAnswer(_))
+        matches!(
+            self,
+            LoginError::Unavailable(_) | LoginError::BadAnswer(_) | LoginError::Unreachable
+        )
     }
 }
 
@@ -576,6 +603,21 @@ mod tests {
         .unwrap();
         assert!(token.is_fresh(now + chrono::Duration::minutes(50)));
         assert!(!token.is_fresh(now + chrono::Duration::minutes(56)));
+    }
+
+    #[test]
+    fn a_tokens_roles_are_read_from_its_payload() {
+        use base64::Engine;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"aud":"https://graph.microsoft.com","roles":["Mail.ReadWrite"]}"#);
+        let token = format!("eyJ0eXAiOiJKV1QifQ.{payload}.signature");
+        assert_eq!(
+            token_roles(&token),
+            Some(vec!["Mail.ReadWrite".to_string()])
+        );
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"aud":"x"}"#);
+        assert_eq!(token_roles(&format!("h.{payload}.s")), Some(vec![]));
+        assert_eq!(token_roles("opaque"), None);
     }
 
     #[test]

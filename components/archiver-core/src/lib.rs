@@ -18,6 +18,7 @@
 pub mod api;
 pub mod connector;
 pub mod conversation;
+pub mod destination;
 pub mod digest;
 pub mod email;
 pub mod graph;

@@ -236,6 +236,10 @@ pub fn run_id(requested_at: DateTime<Utc>, suffix: &str) -> String {
 pub struct HealthRecord {
     /// Set when the archive refused the credentials; cleared by the next successful login.
     pub login_failure: Option<LoginFailure>,
+    /// Set when the destination refused the app's or service account's credentials; cleared
+    /// by the next step that logs in.
+    #[serde(default)]
+    pub destination_login_failure: Option<LoginFailure>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +253,9 @@ pub struct LoginFailure {
 pub struct Health {
     pub last_successful_run: Option<DateTime<Utc>>,
     pub source_login_failure: Option<LoginFailure>,
+    /// The destination refused its credentials at the last attempt (see
+    /// `GET /api/destination` for what to fix).
+    pub destination_login_failure: Option<LoginFailure>,
     /// The last timer event could not start runs (the app unreachable from its timer, or the
     /// timer's token refused); cleared by the next event that gets through.
     pub timer_failure: Option<crate::timer::TimerFailure>,
@@ -334,6 +341,7 @@ pub fn status(
         health: Health {
             last_successful_run,
             source_login_failure: health.login_failure.clone(),
+            destination_login_failure: health.destination_login_failure.clone(),
             timer_failure,
             days_without_items,
             no_items_alert: days_without_items.is_some_and(|d| d >= alert_after_days),
