@@ -32,6 +32,8 @@ const MAX_HEADERS: usize = 5;
 /// Requests one app may have in flight against one mailbox
 /// (<https://learn.microsoft.com/en-us/graph/throttling-limits#outlook-service-limits>).
 const MAILBOX_CONCURRENCY: usize = 4;
+/// Requests one JSON batch holds (<https://learn.microsoft.com/en-us/graph/json-batching>).
+const BATCH_LIMIT: usize = 20;
 /// The default maximum message size of a tenant
 /// (<https://learn.microsoft.com/en-us/exchange/mail-flow-best-practices/message-size-limits>).
 pub const DEFAULT_MESSAGE_LIMIT: u64 = 35 * 1024 * 1024;
@@ -88,6 +90,8 @@ struct Inner {
     roles: Vec<String>,
     /// Mailboxes the app's RBAC management scope leaves out.
     out_of_scope: Vec<String>,
+    /// Users whose next folder list misses a folder just created by someone else.
+    racing: Vec<String>,
     /// Token -> when it stops being taken.
     tokens: BTreeMap<String, Instant>,
     /// User principal name (lowercase) -> folders (id, name).
@@ -98,8 +102,8 @@ struct Inner {
     message_limit: u64,
     /// Requests in flight per mailbox.
     in_flight: BTreeMap<String, usize>,
-    /// Path fragment -> statuses to answer with, one per request.
-    faults: Vec<(String, Vec<u16>)>,
+    /// Method (any when empty), path fragment -> statuses to answer with, one per request.
+    faults: Vec<(String, String, Vec<u16>)>,
     /// Requests answered 429 because a mailbox had four in flight.
     throttled: usize,
     /// Every request: method, path and query.
@@ -206,6 +210,7 @@ impl GraphServer {
             token_lifetime: Duration::from_secs(3599),
             roles: vec!["Mail.ReadWrite".into()],
             out_of_scope: Vec::new(),
+            racing: Vec::new(),
             tokens: BTreeMap::new(),
             users: users
                 .iter()
@@ -260,6 +265,19 @@ impl GraphServer {
         self.with(|i| i.out_of_scope.push(user.to_lowercase()));
     }
 
+    /// Another step creates `user`'s folder `name` just after the app listed the folders:
+    /// the next list misses it, and creating it answers that it exists.
+    pub fn create_folder_behind(&self, user: &str, name: &str) {
+        self.with(|i| {
+            let user = user.to_lowercase();
+            let id = i.id("folder-");
+            if let Some(folders) = i.users.get_mut(&user) {
+                folders.push((id, name.to_string()));
+            }
+            i.racing.push(user);
+        });
+    }
+
     /// How long upload sessions created from now on last.
     pub fn set_session_lifetime(&self, lifetime: Duration) {
         self.with(|i| i.session_lifetime = lifetime);
@@ -273,7 +291,15 @@ impl GraphServer {
     /// Answers the next requests whose path contains `fragment` with these statuses (429 and
     /// 503 with `Retry-After: 1`), before serving normally.
     pub fn fail(&self, fragment: &str, statuses: &[u16]) {
-        self.with(|i| i.faults.push((fragment.into(), statuses.to_vec())));
+        self.fail_method("", fragment, statuses);
+    }
+
+    /// Like [`GraphServer::fail`], for requests of one method only.
+    pub fn fail_method(&self, method: &str, fragment: &str, statuses: &[u16]) {
+        self.with(|i| {
+            i.faults
+                .push((method.into(), fragment.into(), statuses.to_vec()))
+        });
     }
 
     /// Every message of `user`'s folder named `folder`.
@@ -315,9 +341,11 @@ impl GraphServer {
 }
 
 impl Inner {
-    fn fault(&mut self, path: &str) -> Option<Answer> {
-        let (_, statuses) = self.faults.iter_mut().find(|(fragment, statuses)| {
-            path.contains(fragment.as_str()) && !statuses.is_empty()
+    fn fault(&mut self, method: &str, path: &str) -> Option<Answer> {
+        let (_, _, statuses) = self.faults.iter_mut().find(|(m, fragment, statuses)| {
+            (m.is_empty() || m == method)
+                && path.contains(fragment.as_str())
+                && !statuses.is_empty()
         })?;
         let status = statuses.remove(0);
         let mut response = error(status, "ServiceUnavailable", "fault injected by the test");
@@ -460,6 +488,10 @@ impl Inner {
         match (method, rest.as_slice()) {
             // <https://learn.microsoft.com/en-us/graph/api/user-list-mailfolders>
             ("GET", ["mailFolders"]) => {
+                if let Some(at) = self.racing.iter().position(|u| u == user) {
+                    self.racing.remove(at);
+                    return answer(200, &json!({ "value": [] }));
+                }
                 let name = filter_value(query, "displayName");
                 let list: Vec<Value> = self.users[user]
                     .iter()
@@ -777,20 +809,13 @@ impl Inner {
 /// Graph and the login service.
 async fn graph(inner: &Arc<Mutex<Inner>>, parts: &http::request::Parts, body: &[u8]) -> Answer {
     let path = parts.uri.path().to_string();
-    let query: BTreeMap<String, String> = parts
-        .uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (decode(k), decode(v)))
-        .collect();
+    let query = parse_query(parts.uri.query().unwrap_or_default());
     let segments: Vec<String> = path.trim_matches('/').split('/').map(decode).collect();
     let user = {
         let mut i = inner.lock().expect("graph lock");
         i.requests
             .push((parts.method.to_string(), parts.uri.to_string()));
-        if let Some(fault) = i.fault(&path) {
+        if let Some(fault) = i.fault(parts.method.as_str(), &path) {
             return fault;
         }
         if body.len() > REQUEST_LIMIT {
@@ -816,20 +841,27 @@ async fn graph(inner: &Arc<Mutex<Inner>>, parts: &http::request::Parts, body: &[
                 "Access token has expired or is not yet valid.",
             );
         }
-        let [version, users, user, ..] = segments.as_slice() else {
-            return error(400, "BadRequest", "no such route");
-        };
-        if version != "v1.0" || users != "users" {
-            return error(400, "BadRequest", "no such route");
+        if segments == ["v1.0", "$batch"] && parts.method == "POST" {
+            None
+        } else {
+            let [version, users, user, ..] = segments.as_slice() else {
+                return error(400, "BadRequest", "no such route");
+            };
+            if version != "v1.0" || users != "users" {
+                return error(400, "BadRequest", "no such route");
+            }
+            let user = user.to_lowercase();
+            let busy = i.in_flight.entry(user.clone()).or_default();
+            if *busy >= MAILBOX_CONCURRENCY {
+                i.throttled += 1;
+                return throttled("ApplicationThrottled");
+            }
+            *busy += 1;
+            Some(user)
         }
-        let user = user.to_lowercase();
-        let busy = i.in_flight.entry(user.clone()).or_default();
-        if *busy >= MAILBOX_CONCURRENCY {
-            i.throttled += 1;
-            return throttled("ApplicationThrottled");
-        }
-        *busy += 1;
-        user
+    };
+    let Some(user) = user else {
+        return batch(inner, body).await;
     };
     // Each request takes a little while, as the service's do, so that concurrency shows.
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -841,13 +873,93 @@ async fn graph(inner: &Arc<Mutex<Inner>>, parts: &http::request::Parts, body: &[
     response
 }
 
+/// A JSON batch (<https://learn.microsoft.com/en-us/graph/json-batching>): at most 20 requests,
+/// each answered on its own, in any order; each counts against its mailbox's concurrency
+/// (<https://learn.microsoft.com/en-us/graph/throttling#throttling-and-batching>), so one
+/// request of a batch can be throttled while the others succeed.
+async fn batch(inner: &Arc<Mutex<Inner>>, body: &[u8]) -> Answer {
+    let request: Value = serde_json::from_slice(body).unwrap_or_default();
+    let Some(requests) = request["requests"].as_array() else {
+        return error(400, "BadRequest", "a batch needs requests");
+    };
+    if requests.len() > BATCH_LIMIT {
+        return error(400, "BadRequest", "A batch holds at most 20 requests.");
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut answers = Vec::new();
+    {
+        let mut i = inner.lock().expect("graph lock");
+        let mut in_batch: BTreeMap<String, usize> = BTreeMap::new();
+        for request in requests {
+            let id = request["id"].as_str().unwrap_or_default().to_string();
+            let method = request["method"].as_str().unwrap_or("GET").to_string();
+            let url = request["url"].as_str().unwrap_or_default();
+            i.requests
+                .push((format!("BATCH {method}"), url.to_string()));
+            let (path, query) = url.split_once('?').unwrap_or((url, ""));
+            let query = parse_query(query);
+            let segments: Vec<String> = path.trim_matches('/').split('/').map(decode).collect();
+            let body = request["body"].to_string().into_bytes();
+            let response = if let Some(fault) = i.fault(&method, path) {
+                fault
+            } else if let [users, user, rest @ ..] = segments.as_slice()
+                && users == "users"
+            {
+                let user = user.to_lowercase();
+                let busy = i.in_flight.get(&user).copied().unwrap_or(0);
+                let taken = in_batch.entry(user.clone()).or_default();
+                if busy + *taken >= MAILBOX_CONCURRENCY {
+                    i.throttled += 1;
+                    throttled("ApplicationThrottled")
+                } else {
+                    *taken += 1;
+                    i.route(&method, &user, rest, &query, &body)
+                }
+            } else {
+                error(400, "BadRequest", "no such route")
+            };
+            answers.push((id, response));
+        }
+    }
+    let mut responses = Vec::new();
+    for (id, response) in answers.into_iter().rev() {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let mut headers = json!({ "Content-Type": "application/json" });
+        if let Some(retry_after) = retry_after {
+            headers["Retry-After"] = json!(retry_after);
+        }
+        responses.push(json!({ "id": id, "status": status, "headers": headers, "body": body }));
+    }
+    answer(200, &json!({ "responses": responses }))
+}
+
+fn parse_query(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
 /// An upload session's `PUT`s
 /// (<https://learn.microsoft.com/en-us/graph/outlook-large-attachments#step-2-use-the-upload-session-to-upload-a-range-of-bytes-of-the-file>).
 fn upload(inner: &Arc<Mutex<Inner>>, parts: &http::request::Parts, body: &[u8]) -> Answer {
     let mut i = inner.lock().expect("graph lock");
     i.requests
         .push((parts.method.to_string(), format!("upload:{}", parts.uri)));
-    if let Some(fault) = i.fault("upload:") {
+    if let Some(fault) = i.fault(parts.method.as_str(), "upload:") {
         return fault;
     }
     // The upload URL is pre-authenticated: a request that also carries an Authorization

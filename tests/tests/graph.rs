@@ -166,6 +166,25 @@ async fn a_day_lands_in_each_users_exchange_folder_once_as_received_items() {
         .filter(|(method, path)| method == "PUT" && path.starts_with("upload:"))
         .count();
     assert_eq!(ranges, 4, "12 MB in ranges of 3.75 MB");
+    let requests = graph.requests();
+    let direct_creates = requests
+        .iter()
+        .filter(|(method, path)| method == "POST" && path.ends_with("/messages"))
+        .count();
+    assert_eq!(
+        direct_creates, 3,
+        "only the copies with attachments are created alone (m02 twice, m12): {requests:?}"
+    );
+    assert!(
+        requests.iter().any(|(method, _)| method == "BATCH POST"),
+        "the SMS copies are created in batches"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|(method, path)| method == "PUT" || !path.contains("$filter=internetMessageId")),
+        "a first attempt looks nothing up"
+    );
 
     let status = status(&app).await;
     let run = &status["runs"][0];
@@ -449,4 +468,55 @@ async fn the_destination_check_names_a_wrong_secret_missing_consent_and_a_mailbo
         "{report}"
     );
     assert_eq!(report["ok"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_made_copy_an_expired_upload_session_and_a_racing_folder_end_in_one_whole_copy() {
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let graph = GraphServer::start(TENANT, CLIENT_ID, CLIENT_SECRET, &USERS).await;
+    small_day(&source, 4 * 1024 * 1024);
+    let app = archiver(&source, &graph, &[]);
+    set_up(&app, &source).await;
+    // Another step creates the folder just after this one listed the folders.
+    graph.create_folder_behind("alice@acme.example", FOLDER);
+    // One request of a batch fails alone; the upload session expires at once; the partial
+    // message cannot be deleted: the copy is left half made, as a crash would leave it.
+    graph.fail_method("POST", "/mailFolders/", &[503]);
+    graph.set_session_lifetime(Duration::ZERO);
+    graph.fail_method("DELETE", "/messages/", &[500, 500, 500, 500, 500]);
+
+    let first = fire_timer(&app, TIMER).await.unwrap();
+    assert!(first.is_err(), "the MMS failed: {first:?}");
+    assert_eq!(graph.folders("alice@acme.example"), [FOLDER], "one folder");
+    let left = folder(&graph, "alice@acme.example");
+    assert_eq!(
+        left.keys().collect::<Vec<_>>(),
+        SMALL_DAY.iter().collect::<Vec<_>>()
+    );
+    assert!(left["g01"].attachments.is_empty(), "half made");
+
+    // The next run finds the half-made copy by its Message-ID, deletes it and makes it whole.
+    graph.set_session_lifetime(Duration::from_secs(900));
+    assert_eq!(
+        fire_timer(&app, TIMER + 3600).await.unwrap(),
+        Ok(()),
+        "{}",
+        app.logs()
+    );
+    let done = folder(&graph, "alice@acme.example");
+    assert_eq!(
+        done.keys().collect::<Vec<_>>(),
+        SMALL_DAY.iter().collect::<Vec<_>>()
+    );
+    assert_eq!(done["g01"].attachments.len(), 1);
+    assert_eq!(done["g01"].attachments[0].2.len(), 4 * 1024 * 1024);
+    assert!(
+        graph
+            .requests()
+            .iter()
+            .any(|(method, path)| method == "GET" && path.contains("internetMessageId")),
+        "the copy was looked up before it was made again"
+    );
+    let status = status(&app).await;
+    assert_eq!(status["runs"][0]["state"], "succeeded", "{status}");
 }

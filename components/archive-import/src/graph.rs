@@ -12,8 +12,8 @@ use archive_host::graph::{login, settings};
 use archive_host::{Answer, send_within, sleep};
 use archiver_core::digest::StreamingSha256;
 use archiver_core::graph::{
-    self, AccessToken, Failure, GraphError, GraphSettings, attachments_inline, content_range,
-    message_json, parse_folder, parse_id, parse_ids, upload_ranges,
+    self, AccessToken, BatchItem, Failure, GraphError, GraphSettings, attachments_inline,
+    content_range, message_json, parse_batch, parse_folder, parse_id, parse_ids, upload_ranges,
 };
 use archiver_core::ledger::CopyOutcome;
 use archiver_core::runs::NotImportedReason;
@@ -109,6 +109,12 @@ impl Graph {
             }
         }
         let mut stale = Vec::new();
+        // First attempts of copies without attachments: created in batches, one request each.
+        let (batched, ready): (Vec<_>, Vec<_>) = ready.into_iter().partition(|(copy, _)| {
+            !copy.suspect && step.items[copy.item].message.attachments.is_empty()
+        });
+        self.create_batched(context, step, batched, outcomes, &mut stale)
+            .await?;
         let mut waiting = ready.into_iter();
         let mut in_flight = FuturesUnordered::new();
         loop {
@@ -141,6 +147,107 @@ impl Graph {
         for user in stale {
             self.known_folders.remove(&user);
             context.state.forget_folder(&context.connector.id, &user)?;
+        }
+        Ok(())
+    }
+
+    /// Creates copies with JSON batches of up to [`graph::BATCH_LIMIT`] requests, at most
+    /// [`CONCURRENT_COPIES`] per mailbox in one batch; a request of a batch that is throttled
+    /// or fails on its own goes again in a later batch, after the longest `Retry-After` asked.
+    async fn create_batched(
+        &self,
+        context: &Context<'_>,
+        step: &StepItems,
+        mut pending: Vec<(Copy, String)>,
+        outcomes: &mut Outcomes,
+        stale: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            attempt += 1;
+            let mut again = Vec::new();
+            let mut wait = 0;
+            let mut rest = pending;
+            while !rest.is_empty() {
+                // JSON escapes can make a text up to six times its bytes.
+                let (batch, left) = take_batch(rest, |copy| {
+                    step.items[copy.item].message.body.len() * 6 + 8 * 1024
+                });
+                rest = left;
+                let items: Vec<BatchItem> = batch
+                    .iter()
+                    .enumerate()
+                    .map(|(n, (copy, folder))| BatchItem {
+                        id: n.to_string(),
+                        method: "POST",
+                        url: self
+                            .settings
+                            .create_message_url(&copy.user.to_lowercase(), folder),
+                        body: Some(message_json(
+                            &step.items[copy.item].message,
+                            context.rules,
+                            &context.options,
+                            &[],
+                        )),
+                    })
+                    .collect();
+                let body = self.settings.batch_body(&items).to_string().into_bytes();
+                let answers = match self
+                    .call(
+                        "POST",
+                        &self.settings.batch_url(),
+                        Some(("application/json", body)),
+                    )
+                    .await
+                    .and_then(|a| parse_batch(&a.body).map_err(Failure::Transient))
+                {
+                    Ok(answers) => answers,
+                    Err(failure) => {
+                        for (copy, _) in batch {
+                            let outcome = outcome_of(failure.clone(), 0);
+                            outcomes.settle(&step.items, &copy, outcome);
+                        }
+                        continue;
+                    }
+                };
+                for (n, (copy, folder)) in batch.into_iter().enumerate() {
+                    let Some(answer) = answers.get(&n.to_string()) else {
+                        again.push((copy, folder));
+                        continue;
+                    };
+                    if answer.status < 300 {
+                        outcomes.settle(&step.items, &copy, CopyOutcome::Imported);
+                        continue;
+                    }
+                    if matches!(answer.status, 401 | 429 | 500 | 502 | 503 | 504) {
+                        wait = wait.max(answer.retry_after.unwrap_or(1));
+                        again.push((copy, folder));
+                        continue;
+                    }
+                    let body = serde_json::to_vec(&answer.body).unwrap_or_default();
+                    let failure = GraphError::of(answer.status, &body).meaning();
+                    if let Failure::FolderGone(_) = &failure {
+                        stale.push(copy.user.to_lowercase());
+                    }
+                    outcomes.settle(&step.items, &copy, outcome_of(failure, 0));
+                }
+                hold_lease(&context.connector.id, context.run_id)?;
+            }
+            if again.is_empty() {
+                break;
+            }
+            if attempt >= ATTEMPTS || wait > LONGEST_WAIT {
+                for (copy, _) in again {
+                    let outcome = CopyOutcome::Transient(format!(
+                        "Microsoft Graph kept throttling or failing the copy's creation \
+                         ({attempt} attempts)"
+                    ));
+                    outcomes.settle(&step.items, &copy, outcome);
+                }
+                break;
+            }
+            sleep(Duration::from_secs(wait)).await;
+            pending = again;
         }
         Ok(())
     }
@@ -407,9 +514,18 @@ impl Graph {
             url: upload_url.to_string(),
             headers: vec![("content-range", content_range(range, total))],
         };
+        // Whatever stops an upload but the size limit (its session expired or gone included),
+        // the copy is deleted and made again with a new session on a later attempt.
         self.send_retrying(&request, Some(("application/octet-stream", piece)))
             .await
             .map(|_| ())
+            .map_err(|failure| match failure {
+                Failure::TooLarge(_) => failure,
+                _ => Failure::Transient(format!(
+                    "uploading an attachment stopped: {}",
+                    failure.detail()
+                )),
+            })
     }
 
     /// One Graph call with the current token; a token refused is renewed once.
@@ -469,6 +585,36 @@ impl Graph {
             sleep(Duration::from_secs(wait)).await;
         }
     }
+}
+
+/// The request body bytes a batch of creates stays under, with room below the 4 MB limit.
+const BATCH_BYTES: usize = 3 * 1024 * 1024;
+
+/// The next batch from `copies`: at most [`graph::BATCH_LIMIT`] requests and
+/// [`CONCURRENT_COPIES`] per mailbox, in order; the rest are returned for later batches.
+/// A request's bytes are estimated by `size`; one alone may pass the estimate.
+fn take_batch(
+    copies: Vec<(Copy, String)>,
+    size: impl Fn(&Copy) -> usize,
+) -> (Vec<(Copy, String)>, Vec<(Copy, String)>) {
+    let (mut batch, mut rest) = (Vec::new(), Vec::new());
+    let mut per_mailbox: BTreeMap<String, usize> = BTreeMap::new();
+    let mut bytes = 0;
+    for (copy, folder) in copies {
+        let taken = per_mailbox.entry(copy.user.to_lowercase()).or_default();
+        let more = size(&copy);
+        if batch.len() < graph::BATCH_LIMIT
+            && *taken < CONCURRENT_COPIES
+            && (batch.is_empty() || bytes + more < BATCH_BYTES)
+        {
+            *taken += 1;
+            bytes += more;
+            batch.push((copy, folder));
+        } else {
+            rest.push((copy, folder));
+        }
+    }
+    (batch, rest)
 }
 
 /// What a failure means for the copy's record.

@@ -148,6 +148,88 @@ impl GraphSettings {
     }
 }
 
+/// Requests one `$batch` holds at most
+/// (<https://learn.microsoft.com/en-us/graph/json-batching>).
+pub const BATCH_LIMIT: usize = 20;
+
+/// One request of a `$batch`: its id, and where it goes (an absolute URL of this Graph).
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    pub id: String,
+    pub method: &'static str,
+    pub url: String,
+    pub body: Option<Value>,
+}
+
+/// What one request of a `$batch` answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchAnswer {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub body: Value,
+}
+
+impl GraphSettings {
+    /// Where `$batch` requests go.
+    pub fn batch_url(&self) -> String {
+        format!("{}/v1.0/$batch", self.graph_origin)
+    }
+
+    /// The JSON body of a `$batch`: each request's URL relative to the version, as the
+    /// service takes it.
+    pub fn batch_body(&self, items: &[BatchItem]) -> Value {
+        let root = format!("{}/v1.0", self.graph_origin);
+        let requests: Vec<Value> = items
+            .iter()
+            .map(|item| {
+                let url = item.url.strip_prefix(&root).unwrap_or(&item.url);
+                let mut request = json!({ "id": item.id, "method": item.method, "url": url });
+                if let Some(body) = &item.body {
+                    request["body"] = body.clone();
+                    request["headers"] = json!({ "Content-Type": "application/json" });
+                }
+                request
+            })
+            .collect();
+        json!({ "requests": requests })
+    }
+}
+
+/// A `$batch` answer: each request's answer by its id; they come in any order.
+pub fn parse_batch(body: &[u8]) -> Result<std::collections::BTreeMap<String, BatchAnswer>, String> {
+    let answer: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("Graph's batch answer is not JSON: {e}"))?;
+    let responses = answer["responses"]
+        .as_array()
+        .ok_or("Graph's batch answer has no responses")?;
+    let mut answers = std::collections::BTreeMap::new();
+    for response in responses {
+        let Some(id) = response["id"].as_str() else {
+            continue;
+        };
+        let headers = response["headers"].as_object();
+        let retry_after = headers
+            .and_then(|h| {
+                h.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+            })
+            .and_then(|(_, v)| {
+                v.as_str()
+                    .and_then(|v| v.trim().parse().ok())
+                    .or(v.as_u64())
+            });
+        answers.insert(
+            id.to_string(),
+            BatchAnswer {
+                status: response["status"].as_u64().unwrap_or(0) as u16,
+                retry_after,
+                body: response["body"].clone(),
+            },
+        );
+    }
+    Ok(answers)
+}
+
 /// An access token and when to stop using it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AccessToken {
@@ -341,6 +423,21 @@ pub enum Failure {
     Transient(String),
     /// Refused for good, with the service's reason.
     Refused(String),
+}
+
+impl Failure {
+    /// What the service said.
+    pub fn detail(&self) -> &str {
+        match self {
+            Failure::TokenRejected => "the token was refused (401)",
+            Failure::NoSuchMailbox(d)
+            | Failure::FolderGone(d)
+            | Failure::Forbidden(d)
+            | Failure::TooLarge(d)
+            | Failure::Transient(d)
+            | Failure::Refused(d) => d,
+        }
+    }
 }
 
 /// The id in a created folder's, message's or attachment's answer.
@@ -618,6 +715,33 @@ mod tests {
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"aud":"x"}"#);
         assert_eq!(token_roles(&format!("h.{payload}.s")), Some(vec![]));
         assert_eq!(token_roles("opaque"), None);
+    }
+
+    #[test]
+    fn a_batch_names_each_request_relative_to_the_version_and_its_answers_by_id() {
+        let settings = settings();
+        let url = settings.create_message_url("a@x", "f1");
+        let body = settings.batch_body(&[BatchItem {
+            id: "7".into(),
+            method: "POST",
+            url,
+            body: Some(json!({ "subject": "s" })),
+        }]);
+        assert_eq!(
+            body["requests"][0]["url"],
+            "/users/a%40x/mailFolders/f1/messages"
+        );
+        assert_eq!(
+            body["requests"][0]["headers"]["Content-Type"],
+            "application/json"
+        );
+        let answers = parse_batch(
+            br#"{"responses":[{"id":"2","status":429,"headers":{"Retry-After":"3"},"body":{}},
+                {"id":"1","status":201,"body":{"id":"m"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(answers["1"].status, 201);
+        assert_eq!(answers["2"].retry_after, Some(3));
     }
 
     #[test]
