@@ -587,6 +587,9 @@ impl Graph {
     }
 }
 
+/// A copy with the id of the folder it goes in.
+type InFolder = (Copy, String);
+
 /// The request body bytes a batch of creates stays under, with room below the 4 MB limit.
 const BATCH_BYTES: usize = 3 * 1024 * 1024;
 
@@ -594,9 +597,9 @@ const BATCH_BYTES: usize = 3 * 1024 * 1024;
 /// [`CONCURRENT_COPIES`] per mailbox, in order; the rest are returned for later batches.
 /// A request's bytes are estimated by `size`; one alone may pass the estimate.
 fn take_batch(
-    copies: Vec<(Copy, String)>,
+    copies: Vec<InFolder>,
     size: impl Fn(&Copy) -> usize,
-) -> (Vec<(Copy, String)>, Vec<(Copy, String)>) {
+) -> (Vec<InFolder>, Vec<InFolder>) {
     let (mut batch, mut rest) = (Vec::new(), Vec::new());
     let mut per_mailbox: BTreeMap<String, usize> = BTreeMap::new();
     let mut bytes = 0;
