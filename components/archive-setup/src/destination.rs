@@ -116,22 +116,25 @@ async fn graph(
         Ok(token) => token,
         Err(e) => return Ok(vec![destination::graph_login(&Err(e))]),
     };
-    let mut checks = vec![
-        destination::graph_login(&Ok(())),
-        destination::graph_permission(token_roles(&token.value)),
-    ];
+    let mut mailboxes = Vec::new();
     for (user, folder) in users {
         let request = SourceRequest {
             method: "GET",
             url: settings.find_folder_url(user, folder),
             headers: vec![("authorization", token.bearer())],
         };
-        checks.push(
+        mailboxes.push(
             match archive_host::send_within(&request, None, timeout).await {
                 Ok(answer) => destination::graph_mailbox(user, answer.status, &answer.body),
                 Err(e) => Check::failed(&format!("mailbox {user}"), e),
             },
         );
     }
+    let reached = mailboxes.iter().any(|c| c.ok);
+    let mut checks = vec![
+        destination::graph_login(&Ok(())),
+        destination::graph_permission(token_roles(&token.value), reached),
+    ];
+    checks.append(&mut mailboxes);
     Ok(checks)
 }

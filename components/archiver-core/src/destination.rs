@@ -67,21 +67,31 @@ pub fn graph_login(result: &Result<(), LoginError>) -> Check {
     }
 }
 
-/// Whether the token grants [`GRAPH_PERMISSION`]: an app-only token lists its application
-/// permissions in the `roles` claim, which stays empty until an admin grants consent
-/// (<https://learn.microsoft.com/en-us/entra/identity-platform/access-token-claims-reference>).
-pub fn graph_permission(roles: Option<Vec<String>>) -> Check {
+/// Whether the app holds [`GRAPH_PERMISSION`]: granted tenant-wide, an app-only token lists it
+/// in its `roles` claim, which stays empty until an admin grants consent
+/// (<https://learn.microsoft.com/en-us/entra/identity-platform/access-token-claims-reference>);
+/// granted through Exchange's RBAC for Applications instead, the token does not list it and
+/// only a mailbox the app reaches shows it (`reached_a_mailbox`).
+pub fn graph_permission(roles: Option<Vec<String>>, reached_a_mailbox: bool) -> Check {
     match roles {
         Some(roles) if roles.iter().any(|r| r == GRAPH_PERMISSION) => Check::passed(
             "permission",
             format!("the app has the application permission {GRAPH_PERMISSION}"),
+        ),
+        _ if reached_a_mailbox => Check::passed(
+            "permission",
+            format!(
+                "the app reaches mailboxes through an Exchange role (RBAC for Applications: \
+                 Application {GRAPH_PERMISSION})"
+            ),
         ),
         Some(roles) => Check::failed(
             "permission",
             format!(
                 "the app's token grants {} but not {GRAPH_PERMISSION}: add the application \
                  permission {GRAPH_PERMISSION} (Microsoft Graph, Application, not Delegated) \
-                 under API permissions and grant admin consent",
+                 under API permissions and grant admin consent, or assign the app the Exchange \
+                 role \"Application {GRAPH_PERMISSION}\" (RBAC for Applications)",
                 match roles.is_empty() {
                     true => "no application permission".to_string(),
                     false => roles.join(", "),
@@ -90,8 +100,7 @@ pub fn graph_permission(roles: Option<Vec<String>>) -> Check {
         ),
         None => Check::failed(
             "permission",
-            "the token's permissions could not be read; the mailbox checks below show whether \
-             the app may write",
+            "the token's permissions could not be read, and no mailbox could be reached",
         ),
     }
 }
@@ -165,15 +174,17 @@ mod tests {
 
     #[test]
     fn a_token_without_the_permission_says_what_to_grant() {
-        let missing = graph_permission(Some(vec![]));
+        let missing = graph_permission(Some(vec![]), false);
         assert!(!missing.ok);
         assert!(
             missing.detail.contains("grant admin consent"),
             "{missing:?}"
         );
-        let other = graph_permission(Some(vec!["User.Read.All".into()]));
+        let other = graph_permission(Some(vec!["User.Read.All".into()]), false);
         assert!(!other.ok && other.detail.contains("User.Read.All"));
-        assert!(graph_permission(Some(vec!["Mail.ReadWrite".into()])).ok);
+        assert!(graph_permission(Some(vec!["Mail.ReadWrite".into()]), false).ok);
+        // Granted by an Exchange role: not in the token, but a mailbox answers.
+        assert!(graph_permission(Some(vec![]), true).ok);
     }
 
     #[test]
