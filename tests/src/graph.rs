@@ -92,6 +92,8 @@ struct Inner {
     out_of_scope: Vec<String>,
     /// Users whose next folder list misses a folder just created by someone else.
     racing: Vec<String>,
+    /// How long each upload range waits before it is taken.
+    upload_delay: Duration,
     /// Token -> when it stops being taken.
     tokens: BTreeMap<String, Instant>,
     /// User principal name (lowercase) -> folders (id, name).
@@ -177,7 +179,12 @@ async fn serve(listener: tokio::net::TcpListener, inner: Arc<Mutex<Inner>>, uplo
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
                         let response = match uploads {
-                            true => upload(&inner, &parts, &body),
+                            true => {
+                                let delay =
+                                    inner.lock().map(|i| i.upload_delay).unwrap_or_default();
+                                tokio::time::sleep(delay).await;
+                                upload(&inner, &parts, &body)
+                            }
                             false => graph(&inner, &parts, &body).await,
                         };
                         Ok::<_, std::convert::Infallible>(response)
@@ -211,6 +218,7 @@ impl GraphServer {
             roles: vec!["Mail.ReadWrite".into()],
             out_of_scope: Vec::new(),
             racing: Vec::new(),
+            upload_delay: Duration::ZERO,
             tokens: BTreeMap::new(),
             users: users
                 .iter()
@@ -276,6 +284,11 @@ impl GraphServer {
             }
             i.racing.push(user);
         });
+    }
+
+    /// Makes each upload range wait this long before it is taken.
+    pub fn set_upload_delay(&self, delay: Duration) {
+        self.with(|i| i.upload_delay = delay);
     }
 
     /// How long upload sessions created from now on last.

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::pipeline::{
     CONNECTOR, DOMAIN, FOLDER, MAPPING, TIMER, TIMER_TOKEN, TOKEN, admin, attachment,
-    create_connector, fire_timer, message, person, the_day,
+    create_connector, expire_lease, fire_timer, message, person, the_day,
 };
 
 const TENANT: &str = "acme.onmicrosoft.com";
@@ -519,4 +519,44 @@ async fn a_half_made_copy_an_expired_upload_session_and_a_racing_folder_end_in_o
     );
     let status = status(&app).await;
     assert_eq!(status["runs"][0]["state"], "succeeded", "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_creating_a_copy_and_uploading_its_attachment_is_made_whole_once() {
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let graph = GraphServer::start(TENANT, CLIENT_ID, CLIENT_SECRET, &USERS).await;
+    small_day(&source, 4 * 1024 * 1024);
+    let app = archiver(&source, &graph, &[]);
+    set_up(&app, &source).await;
+    // The host stops every invocation that runs past 8 s (when it next runs code); the first
+    // range of the MMS's attachment is answered only after 12 s, so the import is stopped
+    // after it created the message and before the attachment is whole: a crash at that
+    // moment.
+    app.set_deadline(Duration::from_secs(8));
+    graph.set_upload_delay(Duration::from_secs(12));
+    let _ = fire_timer(&app, TIMER).await;
+    let left = folder(&graph, "alice@acme.example");
+    assert!(
+        left.get("g01").is_some_and(|m| m.attachments.is_empty()),
+        "the crash left the MMS half made: {:?}",
+        left.keys()
+    );
+
+    // The host comes back; the stopped run's lease runs out; the next run takes over.
+    app.set_deadline(Duration::from_secs(600));
+    graph.set_upload_delay(Duration::ZERO);
+    expire_lease(&app, CONNECTOR);
+    assert_eq!(
+        fire_timer(&app, TIMER + 3600).await.unwrap(),
+        Ok(()),
+        "{}",
+        app.logs()
+    );
+    let done = folder(&graph, "alice@acme.example");
+    assert_eq!(
+        done.keys().collect::<Vec<_>>(),
+        SMALL_DAY.iter().collect::<Vec<_>>()
+    );
+    assert_eq!(done["g01"].attachments.len(), 1, "made whole, once");
+    assert_eq!(done["g01"].attachments[0].2.len(), 4 * 1024 * 1024);
 }

@@ -655,7 +655,7 @@ pub(crate) async fn fire_timer(app: &App, timestamp: u64) -> anyhow::Result<Resu
 }
 
 /// Lets the connector's lease run out, as time passing after a stopped run would.
-fn expire_lease(app: &App, connector: &str) {
+pub(crate) fn expire_lease(app: &App, connector: &str) {
     let key = archiver_core::lease::lease_key(connector);
     if let Some(mut lease) =
         archiver_core::lease::decode(app.kv_get("default", &key).unwrap().as_deref())
