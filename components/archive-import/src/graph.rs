@@ -38,6 +38,8 @@ pub struct Graph {
     token: RefCell<AccessToken>,
     /// User -> the folder's id, also kept between steps in the store.
     known_folders: BTreeMap<String, String>,
+    /// Time spent waiting out throttling in this step.
+    waited: std::cell::Cell<Duration>,
 }
 
 /// Why a Graph call did not succeed, with the detail an admin reads.
@@ -78,6 +80,7 @@ impl Graph {
             timeout,
             token: RefCell::new(token),
             known_folders: BTreeMap::new(),
+            waited: std::cell::Cell::new(Duration::ZERO),
         }))
     }
 
@@ -144,6 +147,10 @@ impl Graph {
             hold_lease(&context.connector.id, context.run_id)?;
         }
         drop(in_flight);
+        eprintln!(
+            "graph: {:.2} s waited for throttling in this step",
+            self.waited.get().as_secs_f64()
+        );
         for user in stale {
             self.known_folders.remove(&user);
             context.state.forget_folder(&context.connector.id, &user)?;
@@ -246,7 +253,7 @@ impl Graph {
                 }
                 break;
             }
-            sleep(Duration::from_secs(wait)).await;
+            self.wait(Duration::from_secs(wait)).await;
             pending = again;
         }
         Ok(())
@@ -582,8 +589,14 @@ impl Graph {
             if !retry || attempt >= ATTEMPTS || wait > LONGEST_WAIT {
                 return Err(failure);
             }
-            sleep(Duration::from_secs(wait)).await;
+            self.wait(Duration::from_secs(wait)).await;
         }
+    }
+
+    /// Waits out throttling, counting the time.
+    async fn wait(&self, duration: Duration) {
+        sleep(duration).await;
+        self.waited.set(self.waited.get() + duration);
     }
 }
 

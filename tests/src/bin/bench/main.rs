@@ -5,10 +5,16 @@
 //! ```text
 //! cargo run --profile bench-host -p archiver-tests --bin bench -- [--sizes 2000,20000] [--users 500]
 //!     [--seed 7] [--workers 4] [--mail http://127.0.0.1:18180] [--domain bench.example]
+//!     [--destination jmap|graph]
 //! ```
 //!
 //! For each size it prints where the time went (fetch and staging, conversion in wasm and
 //! natively, delivery), the ceiling, the ratio of the two, and each component's peak memory.
+//! With `BENCH_FRESH_STORE=1` (set by `scripts/bench`) the mail store is made anew before the
+//! pipeline and before the ceiling, each then given the same day before, so both measure a
+//! server in the same state. With `--destination graph` the day goes to the Graph contract
+//! server instead, and the figures are copies per second, Graph requests per copy (SMS and MMS
+//! apart) and the share of the import spent waiting out throttling.
 
 mod ceiling;
 mod day;
@@ -40,6 +46,7 @@ struct Options {
     workers: usize,
     mail: String,
     domain: String,
+    graph: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -50,6 +57,7 @@ fn options() -> anyhow::Result<Options> {
         workers: 4,
         mail: "http://127.0.0.1:18180".into(),
         domain: "bench.example".into(),
+        graph: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -69,6 +77,13 @@ fn options() -> anyhow::Result<Options> {
             "--workers" => options.workers = value.parse().context("--workers")?,
             "--mail" => options.mail = value,
             "--domain" => options.domain = value,
+            "--destination" => {
+                options.graph = match value.as_str() {
+                    "graph" => true,
+                    "jmap" => false,
+                    other => bail!("--destination: jmap or graph, not {other}"),
+                }
+            }
             other => bail!("unknown option {other}"),
         }
     }
@@ -86,12 +101,52 @@ struct Figures {
     native_conversion: Duration,
     wasm_conversion: Duration,
     email_mb: f64,
-    ceiling: ceiling::Ceiling,
+    /// The mail server's own ingest rate (JMAP only).
+    ceiling: Option<ceiling::Ceiling>,
+    graph: Option<GraphFigures>,
     peaks: Vec<(String, usize)>,
     steps: u64,
     /// How long each import step took, in order.
     step_seconds: Vec<f64>,
 }
+
+/// What the Graph destination cost.
+struct GraphFigures {
+    sms_copies: u64,
+    mms_copies: u64,
+    /// `$batch` requests, and the requests inside them (creates of copies without attachments).
+    batches: usize,
+    batched: usize,
+    /// Requests made for copies with attachments: creates, attachments, upload sessions and
+    /// their ranges, lookups, deletes.
+    mms_requests: usize,
+    /// Logins and folder lookups.
+    overhead: usize,
+    throttled: usize,
+    waited: f64,
+}
+
+/// Makes the mail store anew (with `BENCH_FRESH_STORE=1`): stops the mail server `scripts/bench`
+/// started and starts it again with an empty store and the same users.
+fn fresh_mail_store() -> anyhow::Result<bool> {
+    if std::env::var("BENCH_FRESH_STORE").as_deref() != Ok("1") {
+        return Ok(false);
+    }
+    eprintln!("[bench] a fresh mail store");
+    let stop = std::process::Command::new("scripts/mail-server/stop").status()?;
+    let start = std::process::Command::new("scripts/mail-server/start")
+        .env("MAIL_RESET", "1")
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !stop.success() || !start.success() {
+        bail!("the mail server could not be made anew");
+    }
+    Ok(true)
+}
+
+const GRAPH_TENANT: &str = "bench.onmicrosoft.com";
+const GRAPH_CLIENT: &str = "bench-client";
+const GRAPH_SECRET: &str = "bench-secret";
 
 async fn admin(
     app: &App,
@@ -144,17 +199,42 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
     }
     let session_url = format!("{}/jmap/", options.mail);
     let service_user = format!("archiver@{}", options.domain);
-    let app = App::builder("spin.toml")
+    let builder = App::builder("spin.toml")
         .listening("app_origin")?
         .variable("admin_token", TOKEN)
         .variable("timer_token", "bench-timer-token")
         .variable("staging_key", "5a".repeat(32))
-        .variable("source_origin", source.origin())
-        .variable("jmap_origin", &options.mail)
-        .variable("jmap_session_url", &session_url)
-        .variable("jmap_username", &service_user)
-        .variable("jmap_password", SERVICE_PASSWORD)
-        .build()?;
+        .variable("source_origin", source.origin());
+    let (app, graph) = if options.graph {
+        let users: Vec<String> = (0..options.users)
+            .map(|n| day::user_email(n, &options.domain))
+            .collect();
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        let graph =
+            archiver_tests::GraphServer::start(GRAPH_TENANT, GRAPH_CLIENT, GRAPH_SECRET, &users)
+                .await;
+        // The day's largest MMS are above the default 35 MB; the tenant allows 150 MB.
+        graph.set_message_limit(150 << 20);
+        let app = builder
+            .variable("destination", "graph")
+            .variable("graph_origin", graph.origin())
+            .variable("graph_login_origin", graph.origin())
+            .variable("graph_upload_origin", graph.upload_origin())
+            .variable("graph_tenant", GRAPH_TENANT)
+            .variable("graph_client_id", GRAPH_CLIENT)
+            .variable("graph_client_secret", GRAPH_SECRET)
+            .build()?;
+        (app, Some(graph))
+    } else {
+        fresh_mail_store()?;
+        let app = builder
+            .variable("jmap_origin", &options.mail)
+            .variable("jmap_session_url", &session_url)
+            .variable("jmap_username", &service_user)
+            .variable("jmap_password", SERVICE_PASSWORD)
+            .build()?;
+        (app, None)
+    };
     app.set_deadline(Duration::from_secs(6 * 3600));
     let connector = format!("bench-{messages}");
     let body = json!({ "display_name": "AT&T", "network": "AT&T", "source_url": source.base_url(),
@@ -185,6 +265,9 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
         .map_err(|e| anyhow::anyhow!("the day before failed: {e}\n{}", app.logs()))?;
     app.settle().await;
     eprintln!("[bench] pipeline: timer run of {messages} messages");
+    let requests_before = graph.as_ref().map(|g| g.requests().len()).unwrap_or(0);
+    let throttled_before = graph.as_ref().map(|g| g.throttled()).unwrap_or(0);
+    let logs_before = app.logs().len();
     let started = Instant::now();
     app.fire_cron("archive-timer", TIMER)
         .await?
@@ -259,6 +342,7 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
     let mut native_conversion = Duration::ZERO;
     let mut per_user: BTreeMap<String, Vec<Bytes>> = BTreeMap::new();
     let mut email_bytes = 0u64;
+    let (mut sms_copies, mut mms_copies) = (0u64, 0u64);
     for message in &parsed {
         let attachments: Vec<&[u8]> = message
             .attachments
@@ -270,6 +354,10 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
         native_conversion += building.elapsed();
         email_bytes += email.len() as u64;
         let delivery = rules.delivery(message);
+        match message.attachments.is_empty() {
+            true => sms_copies += delivery.recipients.len() as u64,
+            false => mms_copies += delivery.recipients.len() as u64,
+        }
         // The ceiling's copies: the same emails, one header apart so the server stores them anew.
         let mut copy = b"X-Bench-Ceiling: 1\r\n".to_vec();
         copy.extend_from_slice(&email);
@@ -284,17 +372,52 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
     eprintln!("[bench] conversion, wasm");
     let wasm_conversion = convert_in_wasm(&day)?.await?;
 
-    eprintln!("[bench] ceiling: {} workers", options.workers);
-    let authorization = archiver_core::source_client::basic_auth(&service_user, SERVICE_PASSWORD);
-    let ceiling = ceiling::measure(
-        &options.mail,
-        &session_url,
-        &authorization,
-        &format!("Ceiling {connector}"),
-        per_user,
-        options.workers,
-    )
-    .await?;
+    let graph_figures = graph.as_ref().map(|graph| {
+        let requests = graph.requests();
+        let measured = &requests[requests_before.min(requests.len())..];
+        let count =
+            |f: &dyn Fn(&str, &str) -> bool| measured.iter().filter(|(m, p)| f(m, p)).count();
+        let overhead = count(&|_, p| {
+            p.contains("/oauth2/") || (p.contains("/mailFolders") && !p.contains("/messages"))
+        });
+        let batches = count(&|m, p| m == "POST" && p.ends_with("/$batch"));
+        let batched = count(&|m, _| m.starts_with("BATCH "));
+        let waited = app.logs()[logs_before.min(app.logs().len())..]
+            .lines()
+            .filter_map(|line| {
+                line.split_once("graph: ")?
+                    .1
+                    .split(" s waited")
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .sum();
+        GraphFigures {
+            sms_copies,
+            mms_copies,
+            batches,
+            batched,
+            mms_requests: measured.len() - overhead - batches - batched,
+            overhead,
+            throttled: graph.throttled() - throttled_before,
+            waited,
+        }
+    });
+    let ceiling = match graph {
+        Some(_) => None,
+        None => Some(
+            measure_ceiling(
+                options,
+                &connector,
+                &day_before,
+                &rules,
+                &email_options,
+                per_user,
+            )
+            .await?,
+        ),
+    };
     let peaks = ["archive-fetch", "archive-import", "archive-setup"]
         .iter()
         .map(|c| (c.to_string(), app.peak_memory(c)))
@@ -310,10 +433,71 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
         wasm_conversion,
         email_mb: email_bytes as f64 / 1e6,
         ceiling,
+        graph: graph_figures,
         peaks,
         steps: run["progress"]["steps"].as_u64().unwrap_or(0),
         step_seconds,
     })
+}
+
+/// The mail server's own ingest rate for the day's copies. On a fresh store the day before is
+/// imported first, unmeasured, so the server is in the state the pipeline met.
+async fn measure_ceiling(
+    options: &Options,
+    connector: &str,
+    day_before: &day::Day,
+    rules: &MappingRules<'_>,
+    email_options: &EmailOptions<'_>,
+    per_user: BTreeMap<String, Vec<Bytes>>,
+) -> anyhow::Result<ceiling::Ceiling> {
+    let session_url = format!("{}/jmap/", options.mail);
+    let service_user = format!("archiver@{}", options.domain);
+    let authorization = archiver_core::source_client::basic_auth(&service_user, SERVICE_PASSWORD);
+    let folder = format!("Ceiling {connector}");
+    if fresh_mail_store()? {
+        eprintln!("[bench] ceiling: the day before");
+        let bytes_of: BTreeMap<&str, &[u8]> = day_before
+            .attachments
+            .iter()
+            .map(|a| (a.id.as_str(), a.bytes.as_slice()))
+            .collect();
+        let mut before: BTreeMap<String, Vec<Bytes>> = BTreeMap::new();
+        for record in &day_before.messages {
+            let message = parse_message(&record.to_string(), Region::US)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let attachments: Vec<&[u8]> = message
+                .attachments
+                .iter()
+                .map(|a| bytes_of[a.id.as_str()])
+                .collect();
+            let email = Bytes::from(build_email(&message, rules, &attachments, email_options)?);
+            for recipient in &rules.delivery(&message).recipients {
+                before
+                    .entry(recipient.email.clone())
+                    .or_default()
+                    .push(email.clone());
+            }
+        }
+        ceiling::measure(
+            &options.mail,
+            &session_url,
+            &authorization,
+            &folder,
+            before,
+            options.workers,
+        )
+        .await?;
+    }
+    eprintln!("[bench] ceiling: {} workers", options.workers);
+    ceiling::measure(
+        &options.mail,
+        &session_url,
+        &authorization,
+        &folder,
+        per_user,
+        options.workers,
+    )
+    .await
 }
 
 /// The day's emails built inside wasm (the bench guest on the test host), in batches; the
@@ -375,7 +559,6 @@ fn print(all: &[Figures]) {
     println!();
     for f in all {
         let delivery = rate(f.copies as f64, f.import);
-        let ceiling = rate(f.ceiling.copies as f64, f.ceiling.elapsed);
         println!(
             "N = {} messages ({} copies delivered, {:.0} MB of attachments, {} steps)",
             f.messages, f.copies, f.attachment_mb, f.steps
@@ -405,19 +588,43 @@ fn print(all: &[Figures]) {
             f.import.as_secs_f64(),
             delivery
         );
-        println!(
-            "| ceiling: direct upload + Email/import | {:.1} s | {:.0} copies/s, {:.1} MB/s |",
-            f.ceiling.elapsed.as_secs_f64(),
-            ceiling,
-            rate(f.ceiling.bytes as f64 / 1e6, f.ceiling.elapsed)
-        );
+        if let Some(c) = &f.ceiling {
+            println!(
+                "| ceiling: direct upload + Email/import | {:.1} s | {:.0} copies/s, {:.1} MB/s |",
+                c.elapsed.as_secs_f64(),
+                rate(c.copies as f64, c.elapsed),
+                rate(c.bytes as f64 / 1e6, c.elapsed)
+            );
+        }
         println!(
             "| whole run (timer to last import) | {:.1} s | {:.0} messages/s |",
             f.total.as_secs_f64(),
             rate(f.messages as f64, f.total)
         );
         println!();
-        println!("delivery / ceiling = {:.2}", delivery / ceiling.max(1e-9));
+        if let Some(c) = &f.ceiling {
+            let ceiling = rate(c.copies as f64, c.elapsed);
+            println!("delivery / ceiling = {:.2}", delivery / ceiling.max(1e-9));
+        }
+        if let Some(g) = &f.graph {
+            let per = |n: usize, copies: u64| n as f64 / (copies as f64).max(1.0);
+            println!(
+                "Graph: {:.0} copies/s; copies without attachments: {} in {} $batch requests, \
+                 {:.2} requests inside a batch per copy (1.00 is one create each); copies with \
+                 attachments: {}, {:.2} requests each; {} logins and folder requests; {} requests \
+                 throttled (429), {:.1} s waited, {:.1}% of the import",
+                delivery,
+                g.sms_copies,
+                g.batches,
+                per(g.batched, g.sms_copies),
+                g.mms_copies,
+                per(g.mms_requests, g.mms_copies),
+                g.overhead,
+                g.throttled,
+                g.waited,
+                100.0 * g.waited / f.import.as_secs_f64().max(1e-9)
+            );
+        }
         let quarter = f.step_seconds.len() / 4;
         if quarter > 0 {
             let mean = |steps: &[f64]| steps.iter().sum::<f64>() / steps.len() as f64;
