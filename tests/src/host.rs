@@ -945,7 +945,15 @@ async fn answer_listener(
     shared: &Arc<Shared>,
     request: http::Request<hyper::body::Incoming>,
 ) -> anyhow::Result<http::Response<Full<Bytes>>> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // As Spin's HTTP trigger does, the request's authority is its `Host` header, so the
+    // component's URI and `spin-full-url` name the address the client used.
+    if parts.uri.authority().is_none()
+        && let Some(host) = parts.headers.get(http::header::HOST)
+    {
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = format!("http://{}{path_and_query}", host.to_str()?).parse()?;
+    }
     let body = body.collect().await?.to_bytes();
     let response = serve_public(shared, http::Request::from_parts(parts, Full::new(body))).await?;
     let (parts, body) = read_whole(response).await?;
@@ -1081,6 +1089,16 @@ impl AppBuilder {
         Ok(self.variable(name, origin))
     }
 
+    /// Listens at `address` (`127.0.0.1:3000`, as `spin up --listen` does) and sets the
+    /// variable `name` to its origin.
+    pub fn listening_at(mut self, address: &str, name: &str) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind(address)
+            .with_context(|| format!("listening at {address}"))?;
+        let origin = format!("http://{}", listener.local_addr()?);
+        self.listener = Some(listener);
+        Ok(self.variable(name, origin))
+    }
+
     /// Uses this SQLite file for the key-value store (shared with other apps on it).
     pub fn kv_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.kv_path = Some(path.into());
@@ -1206,8 +1224,13 @@ impl AppBuilder {
             http_client: pooled_client(),
             in_flight: AtomicUsize::new(0),
         });
+        let listen_origin = match &self.listener {
+            Some(listener) => Some(format!("http://{}", listener.local_addr()?)),
+            None => None,
+        };
         let app = App {
             manifest,
+            listen_origin,
             shared,
             kv_path,
             owns_kv,
@@ -1243,6 +1266,8 @@ fn fresh_kv_path() -> anyhow::Result<PathBuf> {
 /// A running application: send it requests, fire its timers, look at its state.
 pub struct App {
     manifest: Manifest,
+    /// Where the app listens, when it does.
+    listen_origin: Option<String>,
     shared: Arc<Shared>,
     kv_path: PathBuf,
     /// The store file was made for this app (not given by the test): it goes with the app.
@@ -1280,6 +1305,11 @@ impl App {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The origin the app listens at (`http://127.0.0.1:<port>`), if it listens.
+    pub fn listen_origin(&self) -> Option<&str> {
+        self.listen_origin.as_deref()
     }
 
     /// The SQLite file of the key-value store.
@@ -1404,6 +1434,41 @@ impl App {
         .await;
         self.shared.keep_logs(&guest, &pipes);
         Ok(result?.map_err(|cron_bindings::Error::Other(reason)| reason))
+    }
+
+    /// Fires every cron trigger on its schedule, as the cron trigger does, for as long as it is
+    /// awaited; an event's failure is printed and the schedule goes on.
+    pub async fn run_cron_schedules(&self) -> anyhow::Result<()> {
+        let mut schedules = Vec::new();
+        for trigger in &self.manifest.cron_triggers {
+            let schedule = croner::Cron::new(&trigger.cron_expression)
+                .with_seconds_required()
+                .with_dom_and_dow()
+                .parse()
+                .with_context(|| format!("cron expression of {}", trigger.component))?;
+            schedules.push((trigger.component.clone(), schedule));
+        }
+        loop {
+            let now = chrono::Utc::now();
+            let next = schedules
+                .iter()
+                .filter_map(|(component, schedule)| {
+                    Some((schedule.find_next_occurrence(&now, false).ok()?, component))
+                })
+                .min();
+            let Some((at, component)) = next else {
+                return Ok(());
+            };
+            tokio::time::sleep((at - now).to_std().unwrap_or_default()).await;
+            let timestamp = u64::try_from(at.timestamp()).unwrap_or_default();
+            match self.fire_cron(component, timestamp).await {
+                Ok(Ok(())) => eprintln!("{component}: cron event {timestamp} handled"),
+                Ok(Err(reason)) => {
+                    eprintln!("{component}: cron event {timestamp} failed: {reason}")
+                }
+                Err(e) => eprintln!("{component}: cron event {timestamp} failed: {e:#}"),
+            }
+        }
     }
 
     /// Reads a key of the store `label` directly, as a test's assertion.

@@ -577,7 +577,7 @@ fn archiver_with(source: &SourceSimulator, variables: &[(&str, &str)]) -> App {
     builder.build().unwrap()
 }
 
-fn builder(
+pub(crate) fn builder(
     source: &SourceSimulator,
     origin: &str,
     session_url: &str,

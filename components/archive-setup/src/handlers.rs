@@ -37,7 +37,7 @@ fn existing(state: &State<SpinStore>, id: &str) -> Result<Connector, ApiError> {
 }
 
 /// The body, if its content type and size are what the route takes.
-fn body<'r>(
+pub(crate) fn body<'r>(
     request: &'r Request,
     expected: &'static str,
     limit: usize,
@@ -63,7 +63,7 @@ fn body<'r>(
     Ok(request.body())
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
     archive_host::random_bytes().map_err(ApiError::Config)
 }
 
@@ -109,13 +109,8 @@ pub async fn put_connector(
         }
         (None, None) => return Err(connector::ConnectorError::PasswordRequired.into()),
     };
-    let base = connector::source_base(&input.source_url)?;
-    if connector::origin(&base).to_ascii_lowercase() != config.source_origin {
-        return Err(ApiError::SourceNotAllowed {
-            allowed: config.source_origin.clone(),
-        });
-    }
-    let account = check_account(&base, &input.username, &password).await?;
+    let (base, account) =
+        check_login(config, &input.source_url, &input.username, &password).await?;
 
     let now = Utc::now();
     let saved = Connector {
@@ -147,6 +142,24 @@ pub async fn put_connector(
     state.put_connector(&saved)?;
     let status = if previous.is_some() { 200 } else { 201 };
     Ok(json(status, &saved.view()))
+}
+
+/// The archive's base URL and account for these credentials, if the archive takes them; the
+/// URL must be on the one origin the manifest lets this component call.
+pub(crate) async fn check_login(
+    config: &Config,
+    source_url: &str,
+    username: &str,
+    password: &str,
+) -> Result<(String, archiver_core::source::Account), ApiError> {
+    let base = connector::source_base(source_url)?;
+    if connector::origin(&base).to_ascii_lowercase() != config.source_origin {
+        return Err(ApiError::SourceNotAllowed {
+            allowed: config.source_origin.clone(),
+        });
+    }
+    let account = check_account(&base, username, password).await?;
+    Ok((base, account))
 }
 
 /// `GET /v1/account` with the credentials: the wizard's "Login to the archive" step.

@@ -1,10 +1,12 @@
-//! The admin's HTTP API under `/api`: connectors, mapping upload, runs and status; and the
-//! daily timer's `POST /api/timer`, which starts the due runs.
+//! The admin's HTTP API under `/api`: connectors, mapping upload, runs and status; the
+//! daily timer's `POST /api/timer`, which starts the due runs; and the admin console (`/`) on
+//! the same API, signed in with a session cookie.
 //!
 //! One path: authenticate, route, call the core, write the key-value store, answer. Errors are
 //! mapped to a status and body once, by the core's `ApiError`.
 
 mod config;
+mod console;
 mod destination;
 mod handlers;
 
@@ -42,19 +44,31 @@ async fn route(request: &Request) -> Result<Response, ApiError> {
             method => Err(ApiError::MethodNotAllowed(method.to_string())),
         };
     }
-    if !bearer_matches(authorization, &config.admin_token) {
-        return Err(ApiError::Unauthorized);
-    }
-    let rest = path
+    let Some(rest) = path
         .strip_prefix("/api")
-        .unwrap_or(path)
-        .trim_end_matches('/');
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+    else {
+        return console::page(request);
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest == "/session" {
+        return console::session(request, &config);
+    }
+    console::admit(request, &config)?;
     let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
     let method = request.method();
     let not_allowed = || Err(ApiError::MethodNotAllowed(method.to_string()));
     match segments.as_slice() {
         ["health"] => match method {
             Method::Get => Ok(json(200, &serde_json::json!({ "status": "ok" }))),
+            _ => not_allowed(),
+        },
+        ["mapping", "check"] => match method {
+            Method::Post => console::check_mapping(request, &config),
+            _ => not_allowed(),
+        },
+        ["source", "check"] => match method {
+            Method::Post => console::check_source(request, &config).await,
             _ => not_allowed(),
         },
         ["destination"] => match method {

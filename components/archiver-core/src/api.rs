@@ -18,6 +18,10 @@ pub const MAX_CSV_BYTES: usize = 8 * 1024 * 1024;
 pub enum ApiError {
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error("cross-site request refused: {0}")]
+    CrossSite(&'static str),
+    #[error("bad request body: {0}")]
+    BadBody(String),
     #[error("no connector {0:?}")]
     NoSuchConnector(String),
     #[error("no run {0:?}")]
@@ -56,6 +60,8 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::Unauthorized => 401,
+            ApiError::CrossSite(_) => 403,
+            ApiError::BadBody(_) => 400,
             ApiError::NoSuchConnector(_) | ApiError::NoSuchRun(_) | ApiError::NoRoute(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::UnsupportedMediaType { .. } => 415,

@@ -11,12 +11,14 @@
 //! - [`secrets`]: passwords sealed at rest, the admin token checked in constant time.
 //! - [`source_client`]: requests to the carrier archive, built and read without I/O.
 //! - [`api`]: the admin API's errors as HTTP statuses and bodies.
+//! - [`console`]: the admin console's session cookie and its cross-site checks.
 //! - [`timer`]: the daily timer's request to the app, on a trigger that cannot chain.
 //!
 //! Clocks, ids and configuration are arguments, so every output can be golden-tested.
 
 pub mod api;
 pub mod connector;
+pub mod console;
 pub mod conversation;
 pub mod destination;
 pub mod digest;

@@ -116,22 +116,35 @@ pub async fn measure(
             names.len(),
         )?;
         let lists = lists.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let targets: Vec<(&str, &[jmap::Mailbox])> = names
-            .iter()
-            .zip(&lists)
-            .map(|(name, list)| (*name, list.as_slice()))
-            .collect();
-        let created = jmap::parse_create_folder(
-            &connection
-                .call(
-                    &session.api_url,
-                    jmap::create_folder_request(&targets, folder, false),
-                )
-                .await?,
-            targets.len(),
-        )?;
-        for ((account, copies), created) in batch.iter().zip(created) {
-            let mailbox = created?.map_err(anyhow::Error::msg)?;
+        // A folder made by an earlier pass (the warm-up day) is used as it is.
+        let mut found = BTreeMap::new();
+        let mut targets: Vec<(&str, &[jmap::Mailbox])> = Vec::new();
+        for (name, list) in names.iter().zip(&lists) {
+            match jmap::find_folder(list, folder) {
+                Some(id) => {
+                    found.insert(*name, id);
+                }
+                None => targets.push((*name, list.as_slice())),
+            }
+        }
+        if !targets.is_empty() {
+            let created = jmap::parse_create_folder(
+                &connection
+                    .call(
+                        &session.api_url,
+                        jmap::create_folder_request(&targets, folder, false),
+                    )
+                    .await?,
+                targets.len(),
+            )?;
+            for ((name, _), created) in targets.iter().zip(created) {
+                found.insert(*name, created?.map_err(anyhow::Error::msg)?);
+            }
+        }
+        for (account, copies) in batch {
+            let mailbox = found
+                .remove(account.as_str())
+                .with_context(|| format!("no folder for {account}"))?;
             work[n % workers.max(1)].push((account.clone(), mailbox, copies.clone()));
             n += 1;
         }
