@@ -271,7 +271,7 @@ async function connectorPage(id) {
     fill(progress, active ? runProgress(active) : h('p', {}, 'No run is in progress.'));
     fill(chart, dayChart(status.days));
     fill(days, table(['Day', ...FIGURES.map(([, name]) => name), 'Invariant'],
-      status.days.map((d) => [d.day, ...FIGURES.map(([key]) => d.figures[key] ?? 0),
+      status.days.map((d) => [d.day, ...FIGURES.map(([key]) => d[key] ?? 0),
         d.invariant_holds ? h('span', { class: 'ok' }, 'holds') : h('span', { class: 'bad' }, 'does not hold')]),
       FIGURES.map((_, i) => i + 1)));
     fill(runs, table(['Run', 'Trigger', 'State', 'Window', 'Fetched', 'Imported', 'Failed', 'Error'],
@@ -386,16 +386,17 @@ function dayWindow(since, until) {
   return { since: `${since}T00:00:00Z`, until: end.toISOString().replace('.000Z', 'Z') };
 }
 
-/** A bar chart of fetched and imported items per day, drawn as SVG. */
+/** A bar chart of fetched and imported items per day (a day's figures are its own fields),
+ * drawn as SVG. */
 function dayChart(days) {
   const shown = days.slice(-31);
   if (!shown.length) return h('p', {}, 'No day has texts yet.');
   const width = 720, height = 220, left = 44, bottom = 28, top = 10;
-  const max = Math.max(1, ...shown.map((d) => d.figures.fetched));
+  const max = Math.max(1, ...shown.map((d) => d.fetched));
   const slot = (width - left) / shown.length;
-  const bar = Math.max(2, slot / 2 - 2);
+  const bar = Math.min(28, Math.max(2, slot / 2 - 2));
   const y = (v) => top + (height - top - bottom) * (1 - v / max);
-  const label = `Items per day: ${shown.map((d) => `${d.day} fetched ${d.figures.fetched}, imported ${d.figures.imported}`).join('; ')}`;
+  const label = `Items per day: ${shown.map((d) => `${d.day} fetched ${d.fetched}, imported ${d.imported}`).join('; ')}`;
   const every = Math.ceil(shown.length / 8);
   return h('div', {},
     h('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': label },
@@ -405,10 +406,10 @@ function dayChart(days) {
       shown.map((d, i) => {
         const x = left + i * slot + 2;
         return h('g', {},
-          h('rect', { x, y: y(d.figures.fetched), width: bar, height: y(0) - y(d.figures.fetched), fill: '#8fb8de' },
-            h('title', {}, `${d.day}: fetched ${d.figures.fetched}`)),
-          h('rect', { x: x + bar, y: y(d.figures.imported), width: bar, height: y(0) - y(d.figures.imported), fill: '#1a7f37' },
-            h('title', {}, `${d.day}: imported ${d.figures.imported}`)),
+          h('rect', { x, y: y(d.fetched), width: bar, height: y(0) - y(d.fetched), fill: '#8fb8de' },
+            h('title', {}, `${d.day}: fetched ${d.fetched}`)),
+          h('rect', { x: x + bar, y: y(d.imported), width: bar, height: y(0) - y(d.imported), fill: '#1a7f37' },
+            h('title', {}, `${d.day}: imported ${d.imported}`)),
           i % every === 0 ? h('text', { x, y: height - 8, 'font-size': 11 }, d.day.slice(5)) : null);
       })),
     h('p', { class: 'legend' }, h('span', {}, h('span', { class: 'swatch fetched' }), 'fetched'),
