@@ -1437,8 +1437,12 @@ impl App {
     }
 
     /// Fires every cron trigger on its schedule, as the cron trigger does, for as long as it is
-    /// awaited; an event's failure is printed and the schedule goes on.
-    pub async fn run_cron_schedules(&self) -> anyhow::Result<()> {
+    /// awaited, or until `limit` events were fired: then it answers with them (component and
+    /// timestamp). An event's failure is printed and the schedule goes on.
+    pub async fn run_cron_schedules(
+        &self,
+        limit: Option<usize>,
+    ) -> anyhow::Result<Vec<(String, u64)>> {
         let mut schedules = Vec::new();
         for trigger in &self.manifest.cron_triggers {
             let schedule = croner::Cron::new(&trigger.cron_expression)
@@ -1448,7 +1452,8 @@ impl App {
                 .with_context(|| format!("cron expression of {}", trigger.component))?;
             schedules.push((trigger.component.clone(), schedule));
         }
-        loop {
+        let mut fired = Vec::new();
+        while limit.is_none_or(|limit| fired.len() < limit) {
             let now = chrono::Utc::now();
             let next = schedules
                 .iter()
@@ -1457,7 +1462,7 @@ impl App {
                 })
                 .min();
             let Some((at, component)) = next else {
-                return Ok(());
+                break;
             };
             tokio::time::sleep((at - now).to_std().unwrap_or_default()).await;
             let timestamp = u64::try_from(at.timestamp()).unwrap_or_default();
@@ -1468,7 +1473,9 @@ impl App {
                 }
                 Err(e) => eprintln!("{component}: cron event {timestamp} failed: {e:#}"),
             }
+            fired.push((component.clone(), timestamp));
         }
+        Ok(fired)
     }
 
     /// Reads a key of the store `label` directly, as a test's assertion.

@@ -28,7 +28,7 @@ async fn admin_get(app: &App, path: &str) -> archiver_tests::TestResponse {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_admin_api_answers_under_api_and_nothing_else_is_routed() {
+async fn the_admin_api_answers_under_api_and_the_console_everywhere_else() {
     let app = archiver();
     let health = admin_get(&app, "/api/health").await;
     assert_eq!(health.status, 200);
@@ -42,14 +42,34 @@ async fn the_admin_api_answers_under_api_and_nothing_else_is_routed() {
             .unwrap()
             .contains("/api/no-such-thing")
     );
-    assert_eq!(app.get("/").await.unwrap().status, 404);
-    assert_eq!(app.route("/apix"), None);
+    // Outside /api/ the console's files, and nothing else: a path it has no file for is 404.
+    let console = app.get("/").await.unwrap();
+    assert_eq!(console.status, 200);
+    assert!(
+        console
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        console
+            .header("content-security-policy")
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    assert!(console.text().contains("/console.js"));
+    assert_eq!(app.get("/console.js").await.unwrap().status, 200);
+    assert_eq!(app.get("/no-such-page").await.unwrap().status, 404);
+    assert_eq!(app.get("/apix").await.unwrap().status, 404);
+    let post = http::Request::post("/").body(bytes::Bytes::new()).unwrap();
+    assert_eq!(app.send(post).await.unwrap().status, 405);
     assert_eq!(app.route("/api").as_deref(), Some("archive-setup"));
     assert_eq!(
         app.route("/import").as_deref(),
-        None,
-        "the import step is private"
+        Some("archive-setup"),
+        "the import step is private: the console's catch-all answers there"
     );
+    assert_eq!(app.get("/import").await.unwrap().status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -356,3 +356,40 @@ fn a_malformed_or_inconsistent_manifest_is_a_clear_error() {
     );
     assert!(parse(&fine).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cron_triggers_fire_on_their_schedule() {
+    // The probe app with its timer every second, its sources where the probe's manifest has them.
+    let root = archiver_tests::project_root();
+    let manifest = std::fs::read_to_string(root.join("tests/probe/spin.toml"))
+        .unwrap()
+        .replace(
+            "cron_expression = \"0 0 2 * * *\"",
+            "cron_expression = \"* * * * * *\"",
+        )
+        .replace("\"../../target/", &format!("\"{}/target/", root.display()));
+    assert!(manifest.contains("\"* * * * * *\""));
+    let path = root.join(format!(
+        "target/cron-every-second-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&path, manifest).unwrap();
+    let app = App::builder(&path)
+        .variable("probe_secret", "s3cret-probe")
+        .build()
+        .unwrap();
+    let started = chrono::Utc::now().timestamp() as u64;
+    let fired = tokio::time::timeout(Duration::from_secs(120), app.run_cron_schedules(Some(2)))
+        .await
+        .expect("two events within 120 s")
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(fired.len(), 2, "{fired:?}");
+    assert!(
+        fired
+            .iter()
+            .all(|(component, _)| component == "archive-timer")
+    );
+    assert!(fired[0].1 >= started, "{fired:?} from {started}");
+    assert!(fired[1].1 > fired[0].1, "{fired:?}");
+}

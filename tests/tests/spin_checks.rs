@@ -83,10 +83,7 @@ fn fields_spin_does_not_know_are_refused() {
             "component = \"archive-timer\"\n",
             "component = \"archive-timer\"\nschedule = \"daily\"\n",
         ),
-        (
-            "route = \"/api/...\"\n",
-            "route = \"/api/...\"\nmethod = \"GET\"\n",
-        ),
+        ("route = \"/...\"\n", "route = \"/...\"\nmethod = \"GET\"\n"),
         (
             "spin_manifest_version = 2\n",
             "spin_manifest_version = 2\nname = \"x\"\n",

@@ -55,7 +55,9 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        result = app.run_cron_schedules() => result?,
+        result = app.run_cron_schedules(None) => {
+            result?;
+        }
         () = logs => {}
         _ = tokio::signal::ctrl_c() => println!("Stopped."),
     }
