@@ -649,6 +649,36 @@ fn print(all: &[Figures]) {
         let size = large.messages as f64 / small.messages as f64;
         println!("N x{size:.0}: time x{growth:.1} (linear would be x{size:.0})");
     }
+    print_per_message(all);
+}
+
+/// Every phase's time per message at each size, so growth shows at a glance: a linear
+/// pipeline keeps each column flat.
+fn print_per_message(all: &[Figures]) {
+    let per =
+        |time: Duration, messages: usize| 1000.0 * time.as_secs_f64() / (messages as f64).max(1.0);
+    println!();
+    println!(
+        "| N | fetch + staging, ms per message | import, ms per message | whole run, ms per message |"
+    );
+    println!("| ---: | ---: | ---: | ---: |");
+    for f in all {
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} |",
+            f.messages,
+            per(f.fetch, f.messages),
+            per(f.import, f.messages),
+            per(f.total, f.messages)
+        );
+    }
+    if let [first, .., last] = all {
+        println!(
+            "whole run per message at N = {} / at N = {}: {:.2}",
+            last.messages,
+            first.messages,
+            per(last.total, last.messages) / per(first.total, first.messages).max(1e-9)
+        );
+    }
 }
 
 #[tokio::main]
