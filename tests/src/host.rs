@@ -1257,7 +1257,7 @@ fn fresh_kv_path() -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let path = dir.join(format!("{}-{n}.db", std::process::id()));
-    for suffix in ["", "-wal", "-shm"] {
+    for suffix in ["", "-journal", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     Ok(path)
@@ -1277,7 +1277,7 @@ pub struct App {
 impl Drop for App {
     fn drop(&mut self) {
         if self.owns_kv {
-            for suffix in ["", "-wal", "-shm"] {
+            for suffix in ["", "-journal", "-wal", "-shm"] {
                 // Already gone or never written: nothing to clean.
                 let _gone = std::fs::remove_file(format!("{}{suffix}", self.kv_path.display()));
             }

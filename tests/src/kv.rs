@@ -34,9 +34,10 @@ impl KvBackend {
     pub fn open(path: &Path) -> anyhow::Result<KvBackend> {
         let connection = Connection::open(path)
             .with_context(|| format!("opening key-value database {}", path.display()))?;
+        // As Spin 3.5's `crates/key-value-spin` opens it: one connection, SQLite's default
+        // journal (a rollback journal) and synchronous settings, rusqlite's busy timeout.
         connection.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE IF NOT EXISTS spin_key_value (
+            "CREATE TABLE IF NOT EXISTS spin_key_value (
                  store TEXT NOT NULL,
                  key   TEXT NOT NULL,
                  value BLOB NOT NULL,
