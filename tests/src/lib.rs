@@ -4,9 +4,10 @@
 //! Wasmtime, the engine Spin embeds, with Spin's semantics:
 //! - [`manifest`]: `spin.toml` (manifest v2) read and checked as `spin up` does;
 //! - key-value (`fermyon:spin/key-value@2.0.0`, and `wasi:keyvalue@0.2.0-draft2` store, atomics
-//!   and batch on the same rows) on SQLite in Spin's table layout, one file per app shared by all
-//!   its components, stores limited to those a component lists; compare-and-swap is a SQLite
-//!   transaction, so it holds between concurrent invocations;
+//!   and batch on the same rows) on SQLite in Spin's table layout, opened as Spin opens it
+//!   (default journal and synchronous settings), one file per app shared by all its components,
+//!   stores limited to those a component lists; compare-and-swap is a SQLite transaction, so it
+//!   holds between concurrent invocations;
 //! - variables (`fermyon:spin/variables@2.0.0`): defaults, `required`, `{{ template }}` bindings,
 //!   overrides as `SPIN_VARIABLE_*` would give them;
 //! - outbound HTTP through `wasmtime-wasi-http` with `allowed_outbound_hosts` enforced, plain-HTTP
