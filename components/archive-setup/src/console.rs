@@ -105,20 +105,8 @@ pub fn session(request: &Request, config: &Config) -> Result<Response, ApiError>
     match request.method() {
         Method::Post => {
             console::check_same_origin(&knock(request)).map_err(door_error)?;
-            #[derive(serde::Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct SignIn {
-                token: String,
-            }
-            let input: SignIn =
-                serde_json::from_slice(body(request, "application/json", MAX_JSON_BYTES)?)
-                    .map_err(|e| {
-                        ApiError::BadBody(format!("expected {{\"token\": \"...\"}}: {e}"))
-                    })?;
-            if !bearer_matches(
-                Some(&format!("Bearer {}", input.token)),
-                &config.admin_token,
-            ) {
+            let token = console::parse_sign_in(body(request, "application/json", MAX_JSON_BYTES)?)?;
+            if !bearer_matches(Some(&format!("Bearer {token}")), &config.admin_token) {
                 return Err(ApiError::Unauthorized);
             }
             let (cookie, session) = console::issue(
@@ -171,41 +159,13 @@ fn session_answer(status: u16, session: &console::Session) -> spin_sdk::http::Re
 pub fn check_mapping(request: &Request, config: &Config) -> Result<Response, ApiError> {
     let csv = body(request, "text/csv", MAX_CSV_BYTES)?;
     let table = parse_mapping_csv(csv, config.default_region).map_err(ApiError::Mapping)?;
-    let at = |t: Option<chrono::DateTime<Utc>>| {
-        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-    };
-    let preview: Vec<_> = table
-        .entries()
-        .take(PREVIEW_ROWS)
-        .map(|entry| {
-            serde_json::json!({
-                "phone": entry.phone.to_string(),
-                "email": entry.email,
-                "valid_from": at(entry.valid_from),
-                "valid_to": at(entry.valid_until),
-            })
-        })
-        .collect();
-    Ok(json(
-        200,
-        &serde_json::json!({ "rows": table.len(), "preview": preview }),
-    ))
+    Ok(json(200, &table.preview(PREVIEW_ROWS)))
 }
 
 /// `POST /api/source/check` `{"source_url", "username", "password"}`: the wizard's "log in to
 /// the archive", checked live as creating a connector checks it, saving nothing.
 pub async fn check_source(request: &Request, config: &Config) -> Result<Response, ApiError> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Login {
-        source_url: String,
-        username: String,
-        password: String,
-    }
-    let login: Login = serde_json::from_slice(body(request, "application/json", MAX_JSON_BYTES)?)
-        .map_err(|e| {
-        ApiError::BadBody(format!("expected source_url, username, password: {e}"))
-    })?;
+    let login = console::parse_source_login(body(request, "application/json", MAX_JSON_BYTES)?)?;
     let (_, account) =
         handlers::check_login(config, &login.source_url, &login.username, &login.password).await?;
     Ok(json(

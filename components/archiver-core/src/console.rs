@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::api::ApiError;
 use crate::secrets::{self, NONCE_BYTES, SecretKey};
 
 /// The cookie's name.
@@ -38,6 +39,45 @@ impl Session {
     pub fn expires(&self) -> Option<DateTime<Utc>> {
         DateTime::from_timestamp(self.expires_at, 0)
     }
+}
+
+/// The body of `POST /api/session`: the admin token.
+pub fn parse_sign_in(body: &[u8]) -> Result<String, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SignIn {
+        token: String,
+    }
+    // serde's message could quote the value: the error names only the shape expected.
+    let input: SignIn = serde_json::from_slice(body)
+        .map_err(|_| ApiError::BadBody("expected {\"token\": \"...\"}".to_string()))?;
+    Ok(input.token)
+}
+
+/// The body of `POST /api/source/check`: archive credentials to try, saving nothing.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceLogin {
+    pub source_url: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for SourceLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceLogin")
+            .field("source_url", &self.source_url)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn parse_source_login(body: &[u8]) -> Result<SourceLogin, ApiError> {
+    serde_json::from_slice(body).map_err(|_| {
+        ApiError::BadBody(
+            "expected {\"source_url\", \"username\", \"password\"}, all strings".to_string(),
+        )
+    })
 }
 
 /// Why a request is not let through.
@@ -263,6 +303,29 @@ mod tests {
         }
         assert!(!set_cookie("v", false).contains("Secure"));
         assert!(clear_cookie(false).contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn sign_in_and_login_bodies_are_read_and_refused_without_quoting_them() {
+        assert_eq!(parse_sign_in(br#"{"token":"t0k"}"#).unwrap(), "t0k");
+        for bad in [&br#"{"token":12345}"#[..], br#"{"tokn":"x"}"#, b"token=x"] {
+            let error = parse_sign_in(bad).unwrap_err();
+            assert_eq!(error.status(), 400);
+            assert!(!error.to_string().contains("12345"), "{error}");
+        }
+        let login = parse_source_login(
+            br#"{"source_url":"http://a/api","username":"u","password":"p4ss"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("u", "p4ss")
+        );
+        assert!(!format!("{login:?}").contains("p4ss"));
+        let error = parse_source_login(br#"{"source_url":"x","username":"u","password":98765}"#)
+            .unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert!(!error.to_string().contains("98765"), "{error}");
     }
 
     #[test]

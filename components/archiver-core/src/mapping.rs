@@ -121,21 +121,40 @@ impl MappingTable {
     /// The mapping in the headed form, which [`parse_mapping_csv`] reads back unchanged.
     pub fn to_csv(&self) -> String {
         let mut out = String::from("phone,email,valid_from,valid_to\r\n");
-        let instant = |t: Option<DateTime<Utc>>| {
-            t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-                .unwrap_or_default()
-        };
         for entry in self.entries() {
             out.push_str(&format!(
                 "{},{},{},{}\r\n",
                 entry.phone,
                 entry.email,
-                instant(entry.valid_from),
-                instant(entry.valid_until)
+                instant(entry.valid_from).unwrap_or_default(),
+                instant(entry.valid_until).unwrap_or_default()
             ));
         }
         out
     }
+
+    /// What a checked file would apply, for an admin to look at before saving it: the row
+    /// count and the first `rows` rows.
+    pub fn preview(&self, rows: usize) -> serde_json::Value {
+        let preview: Vec<_> = self
+            .entries()
+            .take(rows)
+            .map(|entry| {
+                serde_json::json!({
+                    "phone": entry.phone.to_string(),
+                    "email": entry.email,
+                    "valid_from": instant(entry.valid_from),
+                    "valid_to": instant(entry.valid_until),
+                })
+            })
+            .collect();
+        serde_json::json!({ "rows": self.len(), "preview": preview })
+    }
+}
+
+/// A validity bound as the stored form writes it.
+fn instant(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }
 
 /// What is wrong with one cell or row of the file.

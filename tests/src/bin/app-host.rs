@@ -27,18 +27,15 @@ async fn main() -> anyhow::Result<()> {
     if let Some(folder) = kv.parent() {
         std::fs::create_dir_all(folder)?;
     }
-    let mut builder = App::builder("spin.toml").kv_file(&kv);
+    // The listener's origin is the app's origin unless the environment sets `app_origin`:
+    // variables from the environment come last and win.
+    let mut builder = App::builder("spin.toml")
+        .kv_file(&kv)
+        .listening_at(&listen, "app_origin")?;
     for (name, value) in std::env::vars() {
         if let Some(variable) = name.strip_prefix("SPIN_VARIABLE_") {
             builder = builder.variable(&variable.to_ascii_lowercase(), value);
         }
-    }
-    // The listener's own origin is the app's origin, unless the environment says otherwise.
-    let origin_given = std::env::var_os("SPIN_VARIABLE_APP_ORIGIN").is_some();
-    builder = builder.listening_at(&listen, "app_origin")?;
-    if origin_given {
-        let origin = std::env::var("SPIN_VARIABLE_APP_ORIGIN")?;
-        builder = builder.variable("app_origin", origin);
     }
     let app = builder.build()?;
     println!("Serving http://{listen}/ (the admin API under /api/); Ctrl-C stops.");
