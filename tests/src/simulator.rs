@@ -36,6 +36,9 @@ struct Inner {
     subscribers: Vec<Value>,
     /// Message records as the contract shows them, in any order.
     messages: Vec<Value>,
+    /// The messages with a readable `archived_at`, as (instant, index) in listing order; made
+    /// again after messages are added, so a page costs its own size, not the day's.
+    listing: Option<Vec<(chrono::DateTime<chrono::FixedOffset>, usize)>>,
     attachments: BTreeMap<String, (String, Vec<u8>)>,
     /// Path prefix -> faults to answer with, one per request, before serving normally.
     failures: Vec<(String, VecDeque<Fault>)>,
@@ -159,7 +162,10 @@ impl SourceSimulator {
     }
 
     pub fn add_message(&self, message: Value) {
-        self.with(|i| i.messages.push(message));
+        self.with(|i| {
+            i.messages.push(message);
+            i.listing = None;
+        });
     }
 
     pub fn add_attachment(&self, id: &str, content_type: &str, bytes: Vec<u8>) {
@@ -294,7 +300,7 @@ fn respond(
             let (page, next) = paginate(&inner.subscribers, &query, inner.page_cap);
             json_response(200, &json!({ "subscribers": page, "next_cursor": next }))
         }
-        "/v1/messages" => messages(&inner.messages, &query, inner.page_cap),
+        "/v1/messages" => messages(&mut inner, &query),
         _ => match path.strip_prefix("/v1/attachments/") {
             Some(id) => attachment(&inner.attachments, id, &parts.headers),
             None => json_response(404, &json!({ "error": "no such endpoint" })),
@@ -304,6 +310,13 @@ fn respond(
 
 /// Pages through `items` with an opaque cursor (a base64 offset).
 fn paginate(items: &[Value], query: &str, cap: usize) -> (Vec<Value>, Option<String>) {
+    let (range, next) = page_range(items.len(), query, cap);
+    (items[range].to_vec(), next)
+}
+
+/// The part of a list of `len` items the query's cursor and limit ask for, and the cursor of
+/// the rest.
+fn page_range(len: usize, query: &str, cap: usize) -> (std::ops::Range<usize>, Option<String>) {
     let limit = query_param(query, "limit")
         .and_then(|l| l.parse().ok())
         .unwrap_or(PAGE_DEFAULT)
@@ -312,14 +325,14 @@ fn paginate(items: &[Value], query: &str, cap: usize) -> (Vec<Value>, Option<Str
         .and_then(|c| BASE64.decode(c.replace("%3D", "=")).ok())
         .and_then(|c| String::from_utf8(c).ok())
         .and_then(|c| c.strip_prefix("o").and_then(|n| n.parse().ok()))
-        .unwrap_or(0usize);
-    let page: Vec<Value> = items.iter().skip(offset).take(limit).cloned().collect();
-    let next = (offset + page.len() < items.len())
-        .then(|| BASE64.encode(format!("o{}", offset + page.len())));
-    (page, next)
+        .unwrap_or(0usize)
+        .min(len);
+    let end = offset.saturating_add(limit).min(len);
+    let next = (end < len).then(|| BASE64.encode(format!("o{end}")));
+    (offset..end, next)
 }
 
-fn messages(all: &[Value], query: &str, cap: usize) -> hyper::Response<Full<Bytes>> {
+fn messages(inner: &mut Inner, query: &str) -> hyper::Response<Full<Bytes>> {
     let instant = |name: &str| {
         query_param(query, name)
             .map(|t| t.replace("%3A", ":").replace("%2B", "+"))
@@ -331,18 +344,27 @@ fn messages(all: &[Value], query: &str, cap: usize) -> hyper::Response<Full<Byte
             &json!({ "error": "since and until are required RFC 3339 instants" }),
         );
     };
-    let mut window: Vec<Value> = all
+    let all = &inner.messages;
+    let listing = inner.listing.get_or_insert_with(|| {
+        let mut listing: Vec<_> = all
+            .iter()
+            .enumerate()
+            .filter_map(|(index, m)| {
+                let at = m["archived_at"].as_str()?;
+                Some((chrono::DateTime::parse_from_rfc3339(at).ok()?, index))
+            })
+            .collect();
+        listing.sort();
+        listing
+    });
+    let first = listing.partition_point(|(at, _)| *at < since);
+    let end = listing.partition_point(|(at, _)| *at < until).max(first);
+    let window = &listing[first..end];
+    let (range, next) = page_range(window.len(), query, inner.page_cap);
+    let page: Vec<&Value> = window[range]
         .iter()
-        .filter(|m| {
-            m["archived_at"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .is_some_and(|t| since <= t && t < until)
-        })
-        .cloned()
+        .map(|(_, index)| &inner.messages[*index])
         .collect();
-    window.sort_by(|a, b| a["archived_at"].as_str().cmp(&b["archived_at"].as_str()));
-    let (page, next) = paginate(&window, query, cap);
     json_response(200, &json!({ "messages": page, "next_cursor": next }))
 }
 

@@ -1282,6 +1282,75 @@ async fn a_run_asked_for_while_another_holds_the_connector_is_queued_and_runs_af
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_import_begins_on_what_is_staged_while_the_fetch_goes_on() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let ids: Vec<String> = (0..12)
+        .map(|n| {
+            let id = unique(&format!("p{n:02}"));
+            source.add_message(message(
+                &id,
+                "sms",
+                "inbound",
+                &format!("2026-11-25T10:{n:02}:00Z"),
+                &format!("2026-11-25T10:{n:02}:01Z"),
+                person("+13125550177", None, None),
+                vec![grace()],
+                None,
+                "Imported while the rest is fetched",
+                vec![],
+            ));
+            id
+        })
+        .collect();
+    // A slow archive, pages of 2 and steps of 2: the fetch takes a dozen seconds.
+    source.set_page_cap(2);
+    source.set_delay(std::time::Duration::from_millis(400));
+    let app = archiver_in_steps(&source, 2);
+    create_connector(&app, &source, "att-pipelined").await;
+
+    assert_eq!(
+        fire_timer(&app, TIMER).await.unwrap(),
+        Ok(()),
+        "{}",
+        app.logs()
+    );
+    let runs = status_of(&app, "att-pipelined").await["runs"].clone();
+    let run = &runs[0];
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["invariant_holds"], true, "{run}");
+    assert_eq!(run["figures"]["fetched"], 12, "{run}");
+    assert_eq!(run["figures"]["imported"], 12, "{run}");
+    let at = |field: &Value| {
+        field
+            .as_str()
+            .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+            .unwrap_or_else(|| panic!("no time in {run}"))
+    };
+    let (import_began, fetched) = (
+        at(&run["progress"]["import_started_at"]),
+        at(&run["progress"]["fetched_at"]),
+    );
+    assert!(
+        import_began < fetched - chrono::Duration::seconds(3),
+        "the import began at {import_began}, the fetch ended at {fetched}"
+    );
+    // Each text once in the user's folder, the run's figures as the days' figures.
+    let delivered = folder_contents(&jmap, "grace@acme.example").await;
+    for id in &ids {
+        assert!(delivered.contains_key(id), "{id} delivered");
+    }
+    let day = &run["days"]["2026-11-25"];
+    assert_eq!(
+        (&day["fetched"], &day["imported"]),
+        (&json!(12), &json!(12)),
+        "{run}"
+    );
+    // The lease is free for the next run.
+    assert_eq!(fire_timer(&app, TIMER + 60).await.unwrap(), Ok(()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_timer_and_a_manual_run_at_once_deliver_each_text_once() {
     let jmap = Jmap::connect().await;
     let source = SourceSimulator::start("att-admin", "archive-password").await;

@@ -20,9 +20,10 @@ use archiver_core::source::MessagePage;
 use archiver_core::source_client::{
     SourceError, SourceRequest, account_request, basic_auth, read_account_response,
 };
-use archiver_core::state::{STAGED_CHUNK_BYTES, Sealing, State};
+use archiver_core::state::{Commit, STAGED_CHUNK_BYTES, Sealing, Side, State};
 use chrono::{DateTime, Utc};
-use std::time::Instant;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 /// Key of the last timer event seen, seconds since the Unix epoch.
 const LAST_TIMER_EVENT_KEY: &str = "fetch/last-timer-event";
@@ -246,8 +247,9 @@ async fn drive_and_release(
 }
 
 /// Takes the run through its steps, each a fresh invocation reached by chaining: fetch steps
-/// until the window is staged, then import steps until every item has an outcome. This loop
-/// holds nothing but the run record; the steps do the work, bounded, and checkpoint it.
+/// until the window is staged and, once the first fetch step is done, import steps of what is
+/// staged at the same time, until every item has an outcome. This loop holds nothing but the
+/// run record; the steps do the work, bounded, and checkpoint it.
 async fn drive(
     state: &State<'_, SpinStore>,
     connector: &Connector,
@@ -262,12 +264,58 @@ async fn drive(
         run.since = Some(window(watermark, until, pipeline::DEFAULT_OVERLAP).0);
     }
     state.put_run(run)?;
+    // The first fetch step takes over and clears the pending list; the import, which may add
+    // to it, starts after.
+    let fetch_begun = Cell::new(false);
+    let fetch = async {
+        let result = drive_side(state, connector, &run.id, Side::Fetch, &fetch_begun).await;
+        fetch_begun.set(true);
+        result
+    };
+    let import = drive_side(state, connector, &run.id, Side::Import, &fetch_begun);
+    let (fetched, imported) = futures::future::join(fetch, import).await;
+    *run = state
+        .run(&connector.id, &run.id)?
+        .context("the run record vanished")?;
+    fetched?;
+    imported?;
+    match run.state {
+        RunState::Failed => bail!(run.error.clone().unwrap_or_default()),
+        _ => Ok(()),
+    }
+}
+
+/// How long the import waits for the fetch to stage more before it looks again.
+const IMPORT_WAIT: Duration = Duration::from_millis(500);
+
+/// One side of a run: its steps, one after another, until the run ends or this side has
+/// nothing more to do. A step that fails or makes no progress ends the run.
+async fn drive_side(
+    state: &State<'_, SpinStore>,
+    connector: &Connector,
+    run_id: &str,
+    side: Side,
+    fetch_begun: &Cell<bool>,
+) -> anyhow::Result<()> {
     loop {
-        let before = run.progress.clone();
-        let url = match run.progress.phase {
-            Phase::Fetch => format!("{STEP_URL}/{}/{}", connector.id, run.id),
-            Phase::Import => format!("{IMPORT_URL}/{}/{}", connector.id, run.id),
-            Phase::Done => break,
+        let before = state
+            .run(&connector.id, run_id)?
+            .context("the run record vanished")?;
+        if before.state.is_terminal() {
+            return Ok(());
+        }
+        let url = match (side, before.progress.phase) {
+            (_, Phase::Done) => return Ok(()),
+            (Side::Fetch, Phase::Fetch) => format!("{STEP_URL}/{}/{run_id}", connector.id),
+            (Side::Fetch, Phase::Import) => return Ok(()),
+            (Side::Import, phase) => {
+                let staged = before.progress.imported_pages < before.progress.item_pages;
+                if !fetch_begun.get() || (phase == Phase::Fetch && !staged) {
+                    archive_host::sleep(IMPORT_WAIT).await;
+                    continue;
+                }
+                format!("{IMPORT_URL}/{}/{run_id}", connector.id)
+            }
         };
         let answer = send(
             &SourceRequest {
@@ -278,11 +326,14 @@ async fn drive(
             None,
         )
         .await;
-        *run = state
-            .run(&connector.id, &run.id)?
+        if side == Side::Fetch {
+            fetch_begun.set(true);
+        }
+        let mut after = state
+            .run(&connector.id, run_id)?
             .context("the run record vanished")?;
-        if matches!(run.state, RunState::Succeeded | RunState::Failed) {
-            break;
+        if after.state.is_terminal() {
+            return Ok(());
         }
         let stopped = match answer {
             Err(e) => Some(format!("a step of the run could not be reached: {e}")),
@@ -291,39 +342,53 @@ async fn drive(
                 answer.status,
                 String::from_utf8_lossy(&answer.body)
             )),
-            Ok(_) if same_place(&before, &run.progress) => {
+            Ok(_) if same_place(side, &before.progress, &after.progress) => {
                 Some("a step of the run made no progress".to_string())
             }
             Ok(_) => None,
         };
         if let Some(reason) = stopped {
-            return give_up(state, run, reason);
+            return give_up(state, &mut after, reason);
         }
-        if let Err(e) = renew_lease(&connector.id, &run.id) {
-            return give_up(state, run, e.to_string());
+        if let Err(e) = renew_lease(&connector.id, run_id) {
+            return give_up(state, &mut after, e.to_string());
         }
-    }
-    match run.state {
-        RunState::Failed => bail!(run.error.clone().unwrap_or_default()),
-        _ => Ok(()),
     }
 }
 
-/// Whether two checkpoints are the same place (the step count aside).
-fn same_place(before: &Progress, after: &Progress) -> bool {
-    Progress {
+/// Whether a side's checkpoint is where it was: the import's is its place in the run's items,
+/// the fetch's everything else (the step count and the import's own fields aside).
+fn same_place(side: Side, before: &Progress, after: &Progress) -> bool {
+    let import_place = |p: &Progress| {
+        (
+            p.imported_pages,
+            p.imported_position,
+            p.delivering,
+            p.transient.clone(),
+            p.import_not_imported_pages,
+        )
+    };
+    let fetch_place = |p: &Progress| Progress {
         steps: 0,
-        ..before.clone()
-    } == Progress {
-        steps: 0,
-        ..after.clone()
+        imported_pages: 0,
+        imported_position: 0,
+        delivering: None,
+        transient: None,
+        import_not_imported_pages: 0,
+        import_started_at: None,
+        ..p.clone()
+    };
+    match side {
+        Side::Import => import_place(before) == import_place(after),
+        Side::Fetch => fetch_place(before) == fetch_place(after),
     }
 }
 
 /// Ends a run that cannot go on: what it had not imported is kept for the next run.
 fn give_up(state: &State<'_, SpinStore>, run: &mut Run, reason: String) -> anyhow::Result<()> {
     let error = format!("{reason}; what it had not imported is left for the next run");
-    state.fail_run(run, error, Utc::now())?;
+    let base = run.clone();
+    state.fail_run(&base, run, error, Utc::now())?;
     bail!(reason)
 }
 
@@ -341,7 +406,8 @@ fn hand_over_abandoned_runs(
         }
         let error =
             format!("stopped before it finished; run {current} took over what it had not imported");
-        state.fail_run(&mut run, error, Utc::now())?;
+        let base = run.clone();
+        state.fail_run(&base, &mut run, error, Utc::now())?;
     }
     Ok(())
 }
@@ -389,8 +455,9 @@ pub async fn fetch_step(connector_id: &str, run_id: &str) -> anyhow::Result<serd
     if run.progress.phase != Phase::Fetch || run.state != RunState::Running {
         return Ok(run.view());
     }
+    let mut base = run.clone();
     run.progress.steps += 1;
-    match stage_step(&state, &config, &connector, &mut run).await {
+    match stage_step(&state, &config, &connector, &mut base, &mut run).await {
         Ok(()) => {}
         Err(error) => {
             let mut health = state.health(&connector.id)?;
@@ -402,22 +469,26 @@ pub async fn fetch_step(connector_id: &str, run_id: &str) -> anyhow::Result<serd
                 state.put_health(&connector.id, &health)?;
             }
             let error = format!("{error}; the window is left for the next run");
-            state.fail_run(&mut run, error, Utc::now())?;
+            state.fail_run(&base, &mut run, error, Utc::now())?;
         }
     }
     Ok(run.view())
 }
 
 /// Stages messages from the checkpoint on until the window ends or the step's limits are
-/// reached; each page's outcome is committed with the run record.
+/// reached; each page's outcome is committed with the run record (over the import's commits
+/// meanwhile: `base` is the record as this step last read or wrote it).
 async fn stage_step(
     state: &State<'_, SpinStore>,
     config: &Config,
     connector: &Connector,
+    base: &mut Run,
     run: &mut Run,
 ) -> Result<(), StepError> {
     let started = Instant::now();
-    take_pending(state, run)?;
+    if take_pending(state, base, run)? == Commit::EndedByAnother {
+        return Ok(());
+    }
     let password = secrets::open(
         &config.staging_key,
         &connector.id,
@@ -573,7 +644,7 @@ async fn stage_step(
             }
         }
         state.append_run_items(run, &keys)?;
-        state.append_not_imported(run, &not_imported)?;
+        state.append_not_imported(run, Side::Fetch, &not_imported)?;
         let page_done = !cut_short && run.progress.position >= total;
         if page_done {
             run.progress.position = 0;
@@ -590,7 +661,10 @@ async fn stage_step(
                 }
             }
         }
-        state.put_run(run)?;
+        if state.commit_run(base, run)? == Commit::EndedByAnother {
+            // The import failed the run meanwhile; what this step listed is carried over.
+            return Ok(());
+        }
         if page_done && run.progress.cursor.is_none() {
             // A day (or the whole window) is staged and recorded with the run.
             advance_watermark(state, run, listing_until)?;
@@ -605,20 +679,29 @@ async fn stage_step(
 }
 
 /// Takes over the items earlier runs kept staged: they join this run's items, committed with
-/// the run record, and then leave the pending list.
-fn take_pending(state: &State<'_, SpinStore>, run: &mut Run) -> Result<(), StepError> {
-    if !run.progress.took_pending {
-        for n in 0..state.pending_pages(&run.connector)? {
-            let page = state.pending_page(&run.connector, n)?;
-            state.append_run_items(run, &page)?;
-        }
-        run.progress.took_pending = true;
-        state.put_run(run)?;
+/// the run record, and then leave the pending list. Only the run's first fetch step does, before
+/// its import begins (and may add to the list); a step that stopped between the commit and the
+/// clearing ended the run, whose failure lists them again: the next run finds them twice,
+/// which it tolerates.
+fn take_pending(
+    state: &State<'_, SpinStore>,
+    base: &mut Run,
+    run: &mut Run,
+) -> Result<Commit, StepError> {
+    if run.progress.took_pending {
+        return Ok(Commit::Written);
     }
-    // Until the fetch is done nothing else adds to the list: emptying it again after a step
-    // that stopped between the commit and the clearing loses nothing.
-    state.clear_pending(&run.connector)?;
-    Ok(())
+    for n in 0..state.pending_pages(&run.connector)? {
+        let page = state.pending_page(&run.connector, n)?;
+        state.append_run_items(run, &page)?;
+    }
+    run.progress.took_pending = true;
+    let commit = state.commit_run(base, run)?;
+    // A run ended meanwhile has listed the pending items again: the list stays as it is.
+    if commit == Commit::Written {
+        state.clear_pending(&run.connector)?;
+    }
+    Ok(commit)
 }
 
 /// A timer run that has staged its window up to `until` moves the connector's watermark there

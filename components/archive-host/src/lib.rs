@@ -56,7 +56,40 @@ impl KeyValue for SpinStore {
         spin_sdk::wit::wasi::keyvalue::batch::delete_many(&bucket, keys)
             .map_err(|e| StoreError(format!("delete {} keys: {e:?}", keys.len())))
     }
+
+    /// `wasi:keyvalue/atomics` compare-and-swap, asked again while another writer gets in
+    /// between (a run's fetch and import steps write its record at the same time).
+    fn update(
+        &self,
+        key: &str,
+        change: &mut archiver_core::state::Change<'_>,
+    ) -> Result<Vec<u8>, StoreError> {
+        use spin_sdk::wit::wasi::keyvalue::atomics;
+        let bucket = wasi_bucket()?;
+        for _ in 0..UPDATE_ATTEMPTS {
+            let cas = atomics::Cas::new(&bucket, key)
+                .map_err(|e| StoreError(format!("update {key}: {e:?}")))?;
+            let current = cas
+                .current()
+                .map_err(|e| StoreError(format!("update {key}: {e:?}")))?;
+            let value = change(current.as_deref())?;
+            match atomics::swap(cas, &value) {
+                Ok(()) => return Ok(value),
+                Err(atomics::CasError::CasFailed(_)) => continue,
+                Err(atomics::CasError::StoreError(e)) => {
+                    return Err(StoreError(format!("update {key}: {e:?}")));
+                }
+            }
+        }
+        Err(StoreError(format!(
+            "update {key}: other writers changed it {UPDATE_ATTEMPTS} times in a row"
+        )))
+    }
 }
+
+/// How often [`SpinStore::update`] tries before it gives up: two writers (a run's fetch and
+/// import) meet now and then, never for long.
+const UPDATE_ATTEMPTS: usize = 20;
 
 /// The `default` store as a `wasi:keyvalue` bucket (the same data as [`SpinStore`]).
 fn wasi_bucket() -> Result<spin_sdk::wit::wasi::keyvalue::store::Bucket, StoreError> {
@@ -522,24 +555,29 @@ pub mod lease {
     ) -> Result<Result<(), Lease>, String> {
         let bucket = bucket()?;
         let key = lease::lease_key(connector);
-        let cas = atomics::Cas::new(&bucket, &key).map_err(|e| format!("lease: {e:?}"))?;
-        let current = cas.current().map_err(|e| format!("lease: {e:?}"))?;
-        match decide(current.as_deref(), holder, now, lease::LEASE_DURATION) {
-            LeaseDecision::HeldBy(other) => Ok(Err(other)),
-            LeaseDecision::Write(value) => match atomics::swap(cas, &value) {
-                Ok(()) => Ok(Ok(())),
-                Err(atomics::CasError::CasFailed(_)) => {
-                    let stored = bucket.get(&key).map_err(|e| format!("lease: {e:?}"))?;
-                    let now_held = lease::decode(stored.as_deref());
-                    Ok(Err(now_held.unwrap_or(Lease {
-                        holder: "another run".into(),
-                        expires_at: now + lease::LEASE_DURATION,
-                    })))
-                }
-                Err(atomics::CasError::StoreError(e)) => Err(format!("lease: {e:?}")),
-            },
+        // A lost swap is decided again on the value that won: the same run renewing from its
+        // fetch and its import at once keeps its lease; another run's is refused.
+        for _ in 0..SWAP_ATTEMPTS {
+            let cas = atomics::Cas::new(&bucket, &key).map_err(|e| format!("lease: {e:?}"))?;
+            let current = cas.current().map_err(|e| format!("lease: {e:?}"))?;
+            match decide(current.as_deref(), holder, now, lease::LEASE_DURATION) {
+                LeaseDecision::HeldBy(other) => return Ok(Err(other)),
+                LeaseDecision::Write(value) => match atomics::swap(cas, &value) {
+                    Ok(()) => return Ok(Ok(())),
+                    Err(atomics::CasError::CasFailed(_)) => continue,
+                    Err(atomics::CasError::StoreError(e)) => return Err(format!("lease: {e:?}")),
+                },
+            }
         }
+        let stored = bucket.get(&key).map_err(|e| format!("lease: {e:?}"))?;
+        Ok(Err(lease::decode(stored.as_deref()).unwrap_or(Lease {
+            holder: "another run".into(),
+            expires_at: now + lease::LEASE_DURATION,
+        })))
     }
+
+    /// How often a lease swap is decided again after losing to another writer.
+    const SWAP_ATTEMPTS: usize = 5;
 
     /// Renews the lease `holder` holds; an error when it cannot, above all when another run
     /// has taken it: the holder must then stop writing.

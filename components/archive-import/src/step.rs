@@ -12,7 +12,7 @@ use archiver_core::pipeline::{StagedItem, StepBudget, StepLimits, may_be_deliver
 use archiver_core::resolve::MappingRules;
 use archiver_core::runs::{LoginFailure, NotImportedReason, Phase, Run, RunState};
 use archiver_core::secrets::SecretKey;
-use archiver_core::state::{Sealing, State};
+use archiver_core::state::{Commit, Sealing, Side, State};
 use chrono::Utc;
 use std::time::Instant;
 
@@ -167,8 +167,10 @@ impl Destination {
 }
 
 /// One import step of a run: the run's next items, at most the step limits' worth, delivered
-/// by the destination; the step's outcomes are committed with the run record. The last step
-/// ends the run. Copies that failed transiently leave their item staged for the next run.
+/// by the destination; the step's outcomes are committed with the run record, over what the
+/// fetch (still staging, perhaps) committed meanwhile. The step that imports the last item
+/// once the fetch is done ends the run. Copies that failed transiently leave their item staged
+/// for the next run.
 pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let config = Config::load()?;
@@ -178,11 +180,14 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
         .connector(connector_id)?
         .context("no such connector")?;
     let mut run: Run = state.run(connector_id, run_id)?.context("no such run")?;
-    if run.progress.phase != Phase::Import || run.state != RunState::Running {
+    if run.progress.phase == Phase::Done || run.state != RunState::Running {
         return Ok(run.view());
     }
     hold_lease(connector_id, run_id)?;
+    // The record as this step last read or wrote it: its commits merge over the fetch's.
+    let mut base = run.clone();
     run.progress.steps += 1;
+    run.progress.import_started_at.get_or_insert_with(Utc::now);
     let table = state.mapping(connector_id, config.region)?;
     let rules = MappingRules {
         table: &table,
@@ -214,9 +219,9 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
                 reason: reason.clone(),
             });
             state.put_health(connector_id, &health)?;
-            return fail(&state, &mut run, reason);
+            return fail(&state, &base, &mut run, reason);
         }
-        Err(OpenFailure::Unavailable(reason)) => return fail(&state, &mut run, reason),
+        Err(OpenFailure::Unavailable(reason)) => return fail(&state, &base, &mut run, reason),
     };
     if health.destination_login_failure.take().is_some() {
         state.put_health(connector_id, &health)?;
@@ -334,7 +339,9 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
 
     if !copies.is_empty() {
         run.progress.delivering = Some((page_n, position)).max(run.progress.delivering);
-        state.put_run(&run)?;
+        // A run the fetch ended meanwhile: this step's items are listed for the next run, and
+        // what it delivers now is recorded all the same.
+        state.commit_run(&mut base, &mut run)?;
     }
     destination
         .deliver(&context, &step, copies, &mut outcomes)
@@ -358,7 +365,7 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
     state.archive_many(connector_id, &delivered, Utc::now())?;
     state.append_pending(connector_id, &kept)?;
     let ledger = outcomes.ledger;
-    state.append_not_imported(&mut run, &ledger.not_imported)?;
+    state.append_not_imported(&mut run, Side::Import, &ledger.not_imported)?;
     run.figures = ledger.figures;
     run.days = Some(ledger.days);
     eprintln!(
@@ -372,21 +379,26 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
     }
     run.progress.imported_pages = page_n;
     run.progress.imported_position = position;
-    if page_n < run.progress.item_pages {
-        state.put_run(&run)?;
+    if state.commit_run(&mut base, &mut run)? == Commit::EndedByAnother {
+        return Ok(run.view());
+    }
+    // The last item imported with the fetch done: the run ends.
+    let fetch_done = run.progress.phase == Phase::Import;
+    if !fetch_done || run.progress.imported_pages < run.progress.item_pages {
         return Ok(run.view());
     }
     run.progress.phase = Phase::Done;
     match run.progress.transient.clone() {
         Some(detail) => fail(
             &state,
+            &base,
             &mut run,
             format!("the mail server failed ({detail}); undelivered items stay staged"),
         ),
         None => {
             run.state = RunState::Succeeded;
             run.finished_at = Some(Utc::now());
-            state.put_run(&run)?;
+            state.commit_run(&mut base, &mut run)?;
             Ok(run.view())
         }
     }
@@ -401,9 +413,10 @@ pub fn hold_lease(connector_id: &str, run_id: &str) -> anyhow::Result<()> {
 /// run (items a failing destination kept are there already).
 fn fail(
     state: &State<'_, SpinStore>,
+    base: &Run,
     run: &mut Run,
     error: String,
 ) -> anyhow::Result<serde_json::Value> {
-    state.fail_run(run, error.clone(), Utc::now())?;
+    state.fail_run(base, run, error.clone(), Utc::now())?;
     bail!(error)
 }

@@ -8,6 +8,7 @@
 //! - [`email`]: one message as an RFC 5322/MIME email that stands as evidence.
 //! - [`connector`], [`runs`], [`state`]: connectors, runs and status, and their key-value layout.
 //! - [`lease`]: one run at a time per connector, by compare-and-swap.
+//! - [`merge`]: the run record as a run's fetch and import both change it.
 //! - [`secrets`]: passwords sealed at rest, the admin token checked in constant time.
 //! - [`source_client`]: requests to the carrier archive, built and read without I/O.
 //! - [`api`]: the admin API's errors as HTTP statuses and bodies.
@@ -28,6 +29,7 @@ pub mod jmap;
 pub mod lease;
 pub mod ledger;
 pub mod mapping;
+pub mod merge;
 pub mod phone;
 pub mod pipeline;
 pub mod resolve;

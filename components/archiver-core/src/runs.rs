@@ -27,6 +27,13 @@ pub enum RunState {
     Failed,
 }
 
+impl RunState {
+    /// Whether the run has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunState::Succeeded | RunState::Failed)
+    }
+}
+
 /// The counts of one run, or of several added up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Figures {
@@ -121,9 +128,12 @@ pub struct Progress {
     pub partial: Option<crate::pipeline::PartialDownload>,
     /// Some message of the window could not be staged (its attachment did not match).
     pub incomplete: bool,
-    /// Pages of the run's item keys and of its not-imported records (see the state layout).
+    /// Pages of the run's item keys and of its fetch's and its import's not-imported records
+    /// (see the state layout).
     pub item_pages: usize,
     pub not_imported_pages: usize,
+    #[serde(default)]
+    pub import_not_imported_pages: usize,
     /// Item pages whose import is finished, and items of the next page imported.
     pub imported_pages: usize,
     pub imported_position: usize,
@@ -136,9 +146,12 @@ pub struct Progress {
     pub transient: Option<String>,
     /// Steps taken, fetch and import together.
     pub steps: u64,
-    /// When the fetch finished and the import began.
+    /// When the fetch finished (the import goes on with what is left).
     #[serde(default)]
     pub fetched_at: Option<DateTime<Utc>>,
+    /// When the first import step began (while the fetch went on).
+    #[serde(default)]
+    pub import_started_at: Option<DateTime<Utc>>,
 }
 
 impl Run {

@@ -13,7 +13,8 @@
 //! | `connector/{id}/runs` | JSON list of run ids, oldest first |
 //! | `connector/{id}/health` | [`HealthRecord`] |
 //! | `run/{id}/{run}` | the [`Run`] |
-//! | `run/{id}/{run}/not-imported/{n}` | page `n` of the run's [`NotImported`] records |
+//! | `run/{id}/{run}/not-imported/{n}` | page `n` of the [`NotImported`] records of the run's fetch |
+//! | `run/{id}/{run}/not-imported-at-import/{n}` | page `n` of those of its import |
 //! | `run/{id}/{run}/items/{n}` | page `n` of the item keys the run works on |
 //! | `connector/{id}/watermark` | end of the last window staged whole (RFC 3339) |
 //! | `stage/{id}/{item}` | a [`StagedItem`] waiting for delivery, sealed (see [`Sealing`]) |
@@ -31,6 +32,14 @@
 //! [`crate::runs::Progress`]: a step writes its new pages past the count and then the run record
 //! with the new count, so the run record is the step's one commit and a step done again after a
 //! crash overwrites its own invisible pages instead of adding twice.
+//!
+//! A run's fetch steps and import steps go on at once, each committing the run record by
+//! compare-and-swap with [`crate::merge`] ([`State::commit_run`]): each side writes only its own
+//! checkpoint and its own lists (the fetch the item pages and its not-imported pages, the import
+//! its not-imported pages), and the figures add up. The pending list is appended to by either
+//! side (a page count reserved by compare-and-swap, then the pages), so its readers skip a page
+//! a writer stopped before writing: what that page held is carried over again by the run that
+//! takes over.
 
 use crate::timer::{TIMER_FAILURE_KEY, TimerFailure};
 
@@ -43,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use crate::connector::Connector;
 use crate::digest::sha256_hex;
 use crate::mapping::{MappingTable, parse_mapping_csv};
+use crate::merge::merge;
 use crate::phone::Region;
 use crate::pipeline::{ArchivedItem, StagedItem};
 use crate::runs::{HealthRecord, NotImported, Run};
@@ -79,6 +89,9 @@ impl Sealing<'_> {
 #[error("key-value store: {0}")]
 pub struct StoreError(pub String);
 
+/// What [`KeyValue::update`] makes of a key's value (`None`: no value).
+pub type Change<'a> = dyn FnMut(Option<&[u8]>) -> Result<Vec<u8>, StoreError> + 'a;
+
 /// The key-value operations the core needs; the component implements them on Spin's store.
 pub trait KeyValue {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -97,6 +110,15 @@ pub trait KeyValue {
     fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
         keys.iter().try_for_each(|key| self.delete(key))
     }
+
+    /// Sets `key` to what `change` makes of its value, by compare-and-swap: when another writer
+    /// changed the value meanwhile, `change` is asked again with the new value. Answers the
+    /// value written. A store without other writers may read and write plainly (the default).
+    fn update(&self, key: &str, change: &mut Change<'_>) -> Result<Vec<u8>, StoreError> {
+        let value = change(self.get(key)?.as_deref())?;
+        self.set(key, &value)?;
+        Ok(value)
+    }
 }
 
 /// Where the mapping in effect lives.
@@ -107,6 +129,37 @@ pub struct MappingPointer {
     pub sha256: String,
     pub entries: usize,
     pub uploaded_at: DateTime<Utc>,
+}
+
+/// `merge(base, mine, current)` of three run records.
+fn merged_run(base: &Run, mine: &Run, current: &Run) -> Result<Run, StoreError> {
+    let value = |run: &Run| {
+        serde_json::to_value(run).map_err(|e| StoreError(format!("run {}: {e}", run.id)))
+    };
+    let merged = merge(&value(base)?, &value(mine)?, &value(current)?);
+    serde_json::from_value(merged).map_err(|e| StoreError(format!("run {}: {e}", mine.id)))
+}
+
+/// `items` as JSON arrays of at most [`CHUNK_BYTES`] each (none for no items).
+fn pages_of<T: Serialize>(items: &[T]) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut pages: Vec<Vec<u8>> = Vec::new();
+    let mut page: Vec<u8> = b"[".to_vec();
+    for item in items {
+        let bytes = serde_json::to_vec(item).map_err(|e| StoreError(e.to_string()))?;
+        if page.len() > 1 && page.len() + bytes.len() + 2 > CHUNK_BYTES {
+            page.push(b']');
+            pages.push(std::mem::replace(&mut page, b"[".to_vec()));
+        }
+        if page.len() > 1 {
+            page.push(b',');
+        }
+        page.extend_from_slice(&bytes);
+    }
+    if page.len() > 1 {
+        page.push(b']');
+        pages.push(page);
+    }
+    Ok(pages)
 }
 
 /// Typed access to the state.
@@ -144,6 +197,27 @@ fn not_imported_key(id: &str, run: &str) -> String {
     format!("run/{id}/{run}/not-imported")
 }
 
+fn import_not_imported_key(id: &str, run: &str) -> String {
+    format!("run/{id}/{run}/not-imported-at-import")
+}
+
+/// Which side of a run writes: each has its own lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Fetch,
+    Import,
+}
+
+/// How a commit of the run record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The run goes on (or this commit ended it).
+    Written,
+    /// Another writer had ended the run meanwhile: this writer's figures are in, the end
+    /// stands, and what it added to the run's items is carried over for the next run.
+    EndedByAnother,
+}
+
 impl<'a, K: KeyValue> State<'a, K> {
     pub fn new(kv: &'a K) -> Self {
         State { kv }
@@ -171,23 +245,7 @@ impl<'a, K: KeyValue> State<'a, K> {
         first: usize,
         items: &[T],
     ) -> Result<usize, StoreError> {
-        let mut pages: Vec<Vec<u8>> = Vec::new();
-        let mut page: Vec<u8> = b"[".to_vec();
-        for item in items {
-            let bytes = serde_json::to_vec(item).map_err(|e| StoreError(e.to_string()))?;
-            if page.len() > 1 && page.len() + bytes.len() + 2 > CHUNK_BYTES {
-                page.push(b']');
-                pages.push(std::mem::replace(&mut page, b"[".to_vec()));
-            }
-            if page.len() > 1 {
-                page.push(b',');
-            }
-            page.extend_from_slice(&bytes);
-        }
-        if page.len() > 1 {
-            page.push(b']');
-            pages.push(page);
-        }
+        let pages = pages_of(items)?;
         for (n, page) in pages.iter().enumerate() {
             self.kv.set(&format!("{key}/{}", first + n), page)?;
         }
@@ -366,26 +424,114 @@ impl<'a, K: KeyValue> State<'a, K> {
         Ok(())
     }
 
-    /// Every record of items the run did not import.
+    /// Commits `run`, changed by this writer from `base` (the record as it last read or wrote
+    /// it), over whatever the other side of the run committed meanwhile (see [`crate::merge`]).
+    /// Both `base` and `run` become the record written. A run another writer ended stays ended.
+    pub fn commit_run(&self, base: &mut Run, run: &mut Run) -> Result<Commit, StoreError> {
+        let mut ended_by_another = false;
+        let written = self.merge_run(base, run, &mut |current| {
+            ended_by_another = current.is_some_and(|c| c.state.is_terminal());
+            Ok(())
+        })?;
+        let commit = match ended_by_another && !base.state.is_terminal() {
+            true => {
+                // Items this writer listed after the end was written: no one imports them now.
+                let mut added = written.clone();
+                added.progress.imported_pages = base.progress.item_pages;
+                added.progress.imported_position = 0;
+                added.progress.item_pages = run.progress.item_pages;
+                self.carry_over(&added)?;
+                Commit::EndedByAnother
+            }
+            false => Commit::Written,
+        };
+        *base = written.clone();
+        *run = written;
+        Ok(commit)
+    }
+
+    /// Writes `merge(base, run, current)` by compare-and-swap, the end of a run ended meanwhile
+    /// kept; `before` is told the current record before each attempt, and may write what must
+    /// precede the record.
+    fn merge_run(
+        &self,
+        base: &Run,
+        run: &Run,
+        before: &mut dyn FnMut(Option<&Run>) -> Result<(), StoreError>,
+    ) -> Result<Run, StoreError> {
+        let to_value = |run: &Run| {
+            serde_json::to_value(run).map_err(|e| StoreError(format!("run {}: {e}", run.id)))
+        };
+        let (base_value, mine_value) = (to_value(base)?, to_value(run)?);
+        let key = run_key(&run.connector, &run.id);
+        let written = self.kv.update(&key, &mut |current| {
+            let current: Option<Run> = current
+                .map(serde_json::from_slice)
+                .transpose()
+                .map_err(|e| StoreError(format!("record {key} is unreadable: {e}")))?;
+            before(current.as_ref())?;
+            let merged = match &current {
+                None => mine_value.clone(),
+                Some(current) => {
+                    let mut merged = merge(&base_value, &mine_value, &to_value(current)?);
+                    if current.state.is_terminal() {
+                        let ended = to_value(current)?;
+                        for field in ["state", "finished_at", "error"] {
+                            merged[field] = ended[field].clone();
+                        }
+                        merged["progress"]["phase"] = ended["progress"]["phase"].clone();
+                    }
+                    merged
+                }
+            };
+            serde_json::to_vec(&merged).map_err(|e| StoreError(e.to_string()))
+        })?;
+        serde_json::from_slice(&written)
+            .map_err(|e| StoreError(format!("record {key} as merged is unreadable: {e}")))
+    }
+
+    /// Every record of items the run did not import, its fetch's and its import's, in the
+    /// order they were made.
     pub fn not_imported(&self, run: &Run) -> Result<Vec<NotImported>, StoreError> {
-        let key = not_imported_key(&run.connector, &run.id);
         let mut all = Vec::new();
-        for n in 0..run.progress.not_imported_pages {
-            all.extend(self.read_page::<NotImported>(&key, n)?);
+        let lists = [
+            (
+                not_imported_key(&run.connector, &run.id),
+                run.progress.not_imported_pages,
+            ),
+            (
+                import_not_imported_key(&run.connector, &run.id),
+                run.progress.import_not_imported_pages,
+            ),
+        ];
+        for (key, pages) in lists {
+            for n in 0..pages {
+                all.extend(self.read_page::<NotImported>(&key, n)?);
+            }
         }
+        all.sort_by_key(|record| record.at);
         Ok(all)
     }
 
-    /// Adds records to the run's list: written past the run's page count, which the caller
-    /// commits with [`Self::put_run`].
+    /// Adds records to the list of the run's `side`: written past its page count, which the
+    /// caller commits with the run record.
     pub fn append_not_imported(
         &self,
         run: &mut Run,
+        side: Side,
         records: &[NotImported],
     ) -> Result<(), StoreError> {
-        let key = not_imported_key(&run.connector, &run.id);
-        run.progress.not_imported_pages +=
-            self.write_pages(&key, run.progress.not_imported_pages, records)?;
+        let (key, pages) = match side {
+            Side::Fetch => (
+                not_imported_key(&run.connector, &run.id),
+                &mut run.progress.not_imported_pages,
+            ),
+            Side::Import => (
+                import_not_imported_key(&run.connector, &run.id),
+                &mut run.progress.import_not_imported_pages,
+            ),
+        };
+        *pages += self.write_pages(&key, *pages, records)?;
         Ok(())
     }
 
@@ -603,16 +749,35 @@ impl<K: KeyValue> State<'_, K> {
         Ok(self.read(&pending_key(id))?.unwrap_or(0))
     }
 
+    /// Page `n` of the list; a page whose writer stopped before writing it reads as empty (its
+    /// items are carried over again, see the layout).
     pub fn pending_page(&self, id: &str, n: usize) -> Result<Vec<String>, StoreError> {
-        self.read_page(&pending_key(id), n)
+        Ok(self
+            .read(&format!("{}/{n}", pending_key(id)))?
+            .unwrap_or_default())
     }
 
     /// Adds keys; a key may end up listed twice, which the run taking them over tolerates.
+    /// Either side of a run may append at once: the pages' places are reserved first.
     pub fn append_pending(&self, id: &str, keys: &[String]) -> Result<(), StoreError> {
-        let pages = self.pending_pages(id)?;
-        let written = self.write_pages(&pending_key(id), pages, keys)?;
-        if written > 0 {
-            self.write(&pending_key(id), &(pages + written))?;
+        let pages = pages_of(keys)?;
+        if pages.is_empty() {
+            return Ok(());
+        }
+        let key = pending_key(id);
+        let reserved = self.kv.update(&key, &mut |current| {
+            let count: usize = match current {
+                None => 0,
+                Some(bytes) => serde_json::from_slice(bytes)
+                    .map_err(|e| StoreError(format!("record {key} is unreadable: {e}")))?,
+            };
+            serde_json::to_vec(&(count + pages.len())).map_err(|e| StoreError(e.to_string()))
+        })?;
+        let end: usize = serde_json::from_slice(&reserved)
+            .map_err(|e| StoreError(format!("record {key} is unreadable: {e}")))?;
+        let first = end - pages.len();
+        for (n, page) in pages.iter().enumerate() {
+            self.kv.set(&format!("{key}/{}", first + n), page)?;
         }
         Ok(())
     }
@@ -633,23 +798,53 @@ impl<K: KeyValue> State<'_, K> {
         Ok(())
     }
 
-    /// Ends `run` as failed with `error`: what it had not imported joins the pending list for
-    /// the next run, then the run record is written.
+    /// Ends `run` (this writer's view, changed from `base`) as failed with `error`: what it had
+    /// not imported joins the pending list for the next run, then the run record is written
+    /// over what the other side committed meanwhile. A run already ended stays as it ended.
     pub fn fail_run(
         &self,
+        base: &Run,
         run: &mut Run,
         error: String,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.carry_over(run)?;
-        run.progress.phase = crate::runs::Phase::Done;
-        run.state = crate::runs::RunState::Failed;
-        run.finished_at = Some(at);
-        run.error = Some(error);
-        self.put_run(run)
+        let mut failed = run.clone();
+        failed.progress.phase = crate::runs::Phase::Done;
+        failed.state = crate::runs::RunState::Failed;
+        failed.finished_at = Some(at);
+        failed.error = Some(error);
+        // Item pages carried over so far: the other side may list more before the swap wins.
+        let mut carried_to: Option<usize> = None;
+        let written = self.merge_run(base, &failed, &mut |current| {
+            let mut reach = match current {
+                None => run.clone(),
+                Some(current) if current.state.is_terminal() => {
+                    // Ended by another writer: only what this one listed since is left.
+                    let mut reach = current.clone();
+                    reach.progress.imported_pages = current.progress.item_pages;
+                    reach.progress.imported_position = 0;
+                    reach.progress.item_pages += run
+                        .progress
+                        .item_pages
+                        .saturating_sub(base.progress.item_pages);
+                    reach
+                }
+                // The record as it is about to be written: both sides' checkpoints.
+                Some(current) => merged_run(base, run, current)?,
+            };
+            if let Some(to) = carried_to {
+                reach.progress.imported_pages = to;
+                reach.progress.imported_position = 0;
+            }
+            self.carry_over(&reach)?;
+            carried_to = Some(reach.progress.item_pages.max(carried_to.unwrap_or(0)));
+            Ok(())
+        })?;
+        *run = written;
+        Ok(())
     }
-
-    /// Empties the list (count first, so a crash leaves it empty with some unread pages).
+    /// Empties the list (count first, so a crash leaves it empty with some unread pages). Only
+    /// the step that takes the list over clears it, before the run's import begins.
     pub fn clear_pending(&self, id: &str) -> Result<(), StoreError> {
         let pages = self.pending_pages(id)?;
         if pages == 0 {
@@ -899,6 +1094,205 @@ mod tests {
         );
     }
 
+    type OtherWriter<'a> = Box<dyn FnOnce(&MemoryStore) + 'a>;
+
+    /// A store whose compare-and-swap lets another writer in, once, between a writer's read and
+    /// its swap: the writer must ask again with what that one wrote.
+    struct Interleaved<'a> {
+        store: MemoryStore,
+        other: std::cell::RefCell<Option<OtherWriter<'a>>>,
+    }
+
+    impl KeyValue for Interleaved<'_> {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.store.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.store.set(key, value)
+        }
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.store.delete(key)
+        }
+        fn update(&self, key: &str, change: &mut Change<'_>) -> Result<Vec<u8>, StoreError> {
+            loop {
+                let read = self.store.get(key)?;
+                let value = change(read.as_deref())?;
+                let other = self.other.borrow_mut().take();
+                if let Some(other) = other {
+                    other(&self.store);
+                }
+                if self.store.get(key)? == read {
+                    self.store.set(key, &value)?;
+                    return Ok(value);
+                }
+            }
+        }
+    }
+
+    fn all_pending(state: &State<'_, impl KeyValue>) -> Vec<String> {
+        let mut pending = Vec::new();
+        for n in 0..state.pending_pages("c").unwrap() {
+            pending.extend(state.pending_page("c", n).unwrap());
+        }
+        pending
+    }
+
+    #[test]
+    fn the_fetch_and_the_import_commit_the_run_at_once_and_both_count() {
+        let store = MemoryStore::default();
+        let state = State::new(&store);
+        let mut run = crate::testing::run("c", "r");
+        run.state = crate::runs::RunState::Running;
+        let keys: Vec<String> = (0..4).map(|i| format!("item-{i}")).collect();
+        state.append_run_items(&mut run, &keys[..2]).unwrap();
+        run.figures.fetched = 2;
+        state.put_run(&run).unwrap();
+
+        // Both read the record; the import imports the first page while the fetch lists more.
+        let (mut fetch_base, mut import_base) = (run.clone(), run.clone());
+        let (mut fetch, mut import) = (run.clone(), run.clone());
+        state.append_run_items(&mut fetch, &keys[2..]).unwrap();
+        fetch.figures.fetched += 2;
+        fetch.progress.steps += 1;
+        import.progress.imported_pages = 1;
+        import.figures.imported += 2;
+        import.progress.steps += 1;
+        let record = |n: usize| NotImported {
+            run: "r".into(),
+            item_id: format!("m-{n}"),
+            participant: None,
+            target_user: None,
+            reason: crate::runs::NotImportedReason::Unmapped,
+            detail: String::new(),
+            at: now() + chrono::Duration::seconds(n as i64),
+        };
+        state
+            .append_not_imported(&mut fetch, Side::Fetch, &[record(2)])
+            .unwrap();
+        state
+            .append_not_imported(&mut import, Side::Import, &[record(1)])
+            .unwrap();
+
+        assert_eq!(
+            state.commit_run(&mut import_base, &mut import).unwrap(),
+            Commit::Written
+        );
+        assert_eq!(
+            state.commit_run(&mut fetch_base, &mut fetch).unwrap(),
+            Commit::Written
+        );
+        let stored = state.run("c", "r").unwrap().unwrap();
+        assert_eq!(stored, fetch, "the last writer holds the record as written");
+        assert_eq!(fetch_base, fetch);
+        assert_eq!(stored.progress.item_pages, 2);
+        assert_eq!(stored.progress.imported_pages, 1);
+        assert_eq!(stored.progress.steps, 2);
+        assert_eq!((stored.figures.fetched, stored.figures.imported), (4, 2));
+        let ids: Vec<String> = state
+            .not_imported(&stored)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.item_id)
+            .collect();
+        assert_eq!(
+            ids,
+            ["m-1", "m-2"],
+            "both sides' records, in the order made"
+        );
+    }
+
+    #[test]
+    fn a_run_the_import_fails_while_the_fetch_lists_more_loses_no_item() {
+        let store = MemoryStore::default();
+        let state = State::new(&store);
+        let mut run = crate::testing::run("c", "r");
+        run.state = crate::runs::RunState::Running;
+        let keys: Vec<String> = (0..6).map(|i| format!("item-{i}")).collect();
+        state.append_run_items(&mut run, &keys[..2]).unwrap();
+        state.put_run(&run).unwrap();
+        let (mut fetch_base, mut fetch) = (run.clone(), run.clone());
+        let (import_base, mut import) = (run.clone(), run.clone());
+
+        // The import fails the run having imported one item; the fetch, not knowing, lists
+        // four more and commits.
+        import.progress.imported_position = 1;
+        state
+            .fail_run(&import_base, &mut import, "mail server gone".into(), now())
+            .unwrap();
+        state.append_run_items(&mut fetch, &keys[2..]).unwrap();
+        fetch.figures.fetched += 4;
+        assert_eq!(
+            state.commit_run(&mut fetch_base, &mut fetch).unwrap(),
+            Commit::EndedByAnother
+        );
+        let stored = state.run("c", "r").unwrap().unwrap();
+        assert_eq!(stored.state, crate::runs::RunState::Failed);
+        assert_eq!(stored.error.as_deref(), Some("mail server gone"));
+        assert_eq!(stored.figures.fetched, 4, "the fetch's figures are in");
+        assert_eq!(
+            all_pending(&state),
+            keys[1..],
+            "every item not imported is pending"
+        );
+    }
+
+    #[test]
+    fn a_failing_writer_carries_over_what_the_other_side_listed_before_its_swap() {
+        let store = Interleaved {
+            store: MemoryStore::default(),
+            other: Default::default(),
+        };
+        let state = State::new(&store);
+        let mut run = crate::testing::run("c", "r");
+        run.state = crate::runs::RunState::Running;
+        let keys: Vec<String> = (0..5).map(|i| format!("item-{i}")).collect();
+        state.append_run_items(&mut run, &keys[..2]).unwrap();
+        state.put_run(&run).unwrap();
+        // Between the import's read and its swap, the fetch commits two more pages.
+        let fetched = run.clone();
+        *store.other.borrow_mut() = Some(Box::new(move |inner: &MemoryStore| {
+            let state = State::new(inner);
+            let (mut base, mut fetch) = (fetched.clone(), fetched);
+            state
+                .append_run_items(&mut fetch, &["item-2".to_string()])
+                .unwrap();
+            state
+                .append_run_items(&mut fetch, &["item-3".to_string(), "item-4".to_string()])
+                .unwrap();
+            state.commit_run(&mut base, &mut fetch).unwrap();
+        }));
+        let (base, mut import) = (run.clone(), run.clone());
+        state
+            .fail_run(&base, &mut import, "mail server gone".into(), now())
+            .unwrap();
+        assert_eq!(import.progress.item_pages, 3);
+        assert_eq!(import.state, crate::runs::RunState::Failed);
+        assert_eq!(all_pending(&state), keys, "nothing listed is left out");
+    }
+
+    #[test]
+    fn appends_to_the_pending_list_never_take_each_others_place() {
+        let store = Interleaved {
+            store: MemoryStore::default(),
+            other: Default::default(),
+        };
+        let state = State::new(&store);
+        state.append_pending("c", &["a".to_string()]).unwrap();
+        // Another side appends between this one's read of the count and its swap.
+        *store.other.borrow_mut() = Some(Box::new(|inner: &MemoryStore| {
+            State::new(inner)
+                .append_pending("c", &["b".to_string()])
+                .unwrap()
+        }));
+        state.append_pending("c", &["c".to_string()]).unwrap();
+        assert_eq!(all_pending(&state), ["a", "b", "c"]);
+        // A page reserved but never written (its writer stopped) reads as empty.
+        store.store.set("connector/c/pending", b"5").unwrap();
+        state.append_pending("c", &["d".to_string()]).unwrap();
+        assert_eq!(state.pending_pages("c").unwrap(), 6);
+        assert_eq!(all_pending(&state), ["a", "b", "c", "d"]);
+    }
+
     #[test]
     fn a_failed_run_hands_what_it_had_not_imported_to_the_next() {
         let store = MemoryStore::default();
@@ -907,8 +1301,9 @@ mod tests {
         let keys: Vec<String> = (0..5).map(|i| format!("item-{i}")).collect();
         state.append_run_items(&mut run, &keys).unwrap();
         run.progress.imported_position = 2;
+        let base = run.clone();
         state
-            .fail_run(&mut run, "mail server down".into(), now())
+            .fail_run(&base, &mut run, "mail server down".into(), now())
             .unwrap();
         assert_eq!(run.state, crate::runs::RunState::Failed);
         assert_eq!(run.error.as_deref(), Some("mail server down"));

@@ -96,7 +96,10 @@ struct Figures {
     copies: u64,
     attachment_mb: f64,
     fetch: Duration,
+    /// From the first import step to the run's end: it begins while the fetch goes on.
     import: Duration,
+    /// How long the two went on together.
+    overlap: Duration,
     total: Duration,
     native_conversion: Duration,
     wasm_conversion: Duration,
@@ -289,9 +292,10 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
             .as_str()
             .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
     };
-    let (Some(begun), Some(fetched), Some(finished)) = (
+    let (Some(begun), Some(fetched), Some(import_begun), Some(finished)) = (
         at(&run["started_at"]),
         at(&run["progress"]["fetched_at"]),
+        at(&run["progress"]["import_started_at"]),
         at(&run["finished_at"]),
     ) else {
         bail!("the run has no phase times: {run}");
@@ -427,7 +431,8 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
         copies,
         attachment_mb: day.attachment_bytes as f64 / 1e6,
         fetch: (fetched - begun).to_std().unwrap_or_default(),
-        import: (finished - fetched).to_std().unwrap_or_default(),
+        import: (finished - import_begun).to_std().unwrap_or_default(),
+        overlap: (fetched - import_begun).to_std().unwrap_or_default(),
         total,
         native_conversion,
         wasm_conversion,
@@ -602,6 +607,11 @@ fn print(all: &[Figures]) {
             rate(f.messages as f64, f.total)
         );
         println!();
+        println!(
+            "the import began {:.1} s into the run and went on with the fetch for {:.1} s",
+            (f.fetch.saturating_sub(f.overlap)).as_secs_f64(),
+            f.overlap.as_secs_f64()
+        );
         if let Some(c) = &f.ceiling {
             let ceiling = rate(c.copies as f64, c.elapsed);
             println!("delivery / ceiling = {:.2}", delivery / ceiling.max(1e-9));
@@ -671,13 +681,21 @@ fn print_per_message(all: &[Figures]) {
             per(f.total, f.messages)
         );
     }
-    if let [first, .., last] = all {
-        println!(
-            "whole run per message at N = {} / at N = {}: {:.2}",
-            last.messages,
-            first.messages,
-            per(last.total, last.messages) / per(first.total, first.messages).max(1e-9)
-        );
+    // Each size against every smaller one: 1.00 is linear.
+    for (n, large) in all.iter().enumerate() {
+        for small in &all[..n] {
+            let ratio = |phase: fn(&Figures) -> Duration| {
+                per(phase(large), large.messages) / per(phase(small), small.messages).max(1e-9)
+            };
+            println!(
+                "per message at N = {} / at N = {}: fetch {:.2}, import {:.2}, whole run {:.2}",
+                large.messages,
+                small.messages,
+                ratio(|f| f.fetch),
+                ratio(|f| f.import),
+                ratio(|f| f.total)
+            );
+        }
     }
 }
 
