@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --profile bench-host -p archiver-tests --bin bench -- [--sizes 2000,20000] [--users 500]
 //!     [--seed 7] [--workers 4] [--mail http://127.0.0.1:18180] [--domain bench.example]
-//!     [--destination jmap|graph]
+//!     [--destination jmap|graph] [--pipeline-only yes]
 //! ```
 //!
 //! For each size it prints where the time went (fetch and staging, conversion in wasm and
@@ -15,6 +15,8 @@
 //! server in the same state. With `--destination graph` the day goes to the Graph contract
 //! server instead, and the figures are copies per second, Graph requests per copy (SMS and MMS
 //! apart) and the share of the import spent waiting out throttling.
+//! With `--pipeline-only yes` only the pipeline is measured (no conversion alone, no ceiling,
+//! which hold every email of the day in memory at once): how the run grows with the day.
 
 mod ceiling;
 mod day;
@@ -47,6 +49,9 @@ struct Options {
     mail: String,
     domain: String,
     graph: bool,
+    /// Only the pipeline: no conversion alone and no ceiling (which hold every email of the
+    /// day in memory at once).
+    pipeline_only: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -58,6 +63,7 @@ fn options() -> anyhow::Result<Options> {
         mail: "http://127.0.0.1:18180".into(),
         domain: "bench.example".into(),
         graph: false,
+        pipeline_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -82,6 +88,13 @@ fn options() -> anyhow::Result<Options> {
                     "graph" => true,
                     "jmap" => false,
                     other => bail!("--destination: jmap or graph, not {other}"),
+                }
+            }
+            "--pipeline-only" => {
+                options.pipeline_only = match value.as_str() {
+                    "yes" => true,
+                    "no" => false,
+                    other => bail!("--pipeline-only: yes or no, not {other}"),
                 }
             }
             other => bail!("unknown option {other}"),
@@ -318,6 +331,30 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
     let figures = &run["figures"];
     let copies = figures["imported"].as_u64().unwrap_or(0)
         + figures["skipped_duplicate"].as_u64().unwrap_or(0);
+    let peaks: Vec<(String, usize)> = ["archive-fetch", "archive-import", "archive-setup"]
+        .iter()
+        .map(|c| (c.to_string(), app.peak_memory(c)))
+        .collect();
+    let pipeline = Figures {
+        messages,
+        copies,
+        attachment_mb: day.attachment_bytes as f64 / 1e6,
+        fetch: (fetched - begun).to_std().unwrap_or_default(),
+        import: (finished - import_begun).to_std().unwrap_or_default(),
+        overlap: (fetched - import_begun).to_std().unwrap_or_default(),
+        total,
+        native_conversion: Duration::ZERO,
+        wasm_conversion: Duration::ZERO,
+        email_mb: 0.0,
+        ceiling: None,
+        graph: None,
+        peaks,
+        steps: run["progress"]["steps"].as_u64().unwrap_or(0),
+        step_seconds,
+    };
+    if options.pipeline_only {
+        return Ok(pipeline);
+    }
 
     // Conversion alone, natively: the same messages and bytes, every email built whole.
     eprintln!("[bench] conversion, native");
@@ -422,26 +459,13 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
             .await?,
         ),
     };
-    let peaks = ["archive-fetch", "archive-import", "archive-setup"]
-        .iter()
-        .map(|c| (c.to_string(), app.peak_memory(c)))
-        .collect();
     Ok(Figures {
-        messages,
-        copies,
-        attachment_mb: day.attachment_bytes as f64 / 1e6,
-        fetch: (fetched - begun).to_std().unwrap_or_default(),
-        import: (finished - import_begun).to_std().unwrap_or_default(),
-        overlap: (fetched - import_begun).to_std().unwrap_or_default(),
-        total,
         native_conversion,
         wasm_conversion,
         email_mb: email_bytes as f64 / 1e6,
         ceiling,
         graph: graph_figures,
-        peaks,
-        steps: run["progress"]["steps"].as_u64().unwrap_or(0),
-        step_seconds,
+        ..pipeline
     })
 }
 
@@ -560,9 +584,10 @@ fn rate(count: f64, time: Duration) -> f64 {
     count / time.as_secs_f64().max(1e-9)
 }
 
-fn print(all: &[Figures]) {
+/// One size's figures, printed as soon as they are measured.
+fn print_size(f: &Figures) {
     println!();
-    for f in all {
+    {
         let delivery = rate(f.copies as f64, f.import);
         println!(
             "N = {} messages ({} copies delivered, {:.0} MB of attachments, {} steps)",
@@ -576,18 +601,20 @@ fn print(all: &[Figures]) {
             rate(f.messages as f64, f.fetch),
             rate(f.attachment_mb, f.fetch)
         );
-        println!(
-            "| conversion, native | {:.1} s | {:.0} messages/s, {:.1} MB/s |",
-            f.native_conversion.as_secs_f64(),
-            rate(f.messages as f64, f.native_conversion),
-            rate(f.email_mb, f.native_conversion)
-        );
-        println!(
-            "| conversion, wasm | {:.1} s | {:.0} messages/s, {:.1} MB/s |",
-            f.wasm_conversion.as_secs_f64(),
-            rate(f.messages as f64, f.wasm_conversion),
-            rate(f.email_mb, f.wasm_conversion)
-        );
+        if !f.native_conversion.is_zero() {
+            println!(
+                "| conversion, native | {:.1} s | {:.0} messages/s, {:.1} MB/s |",
+                f.native_conversion.as_secs_f64(),
+                rate(f.messages as f64, f.native_conversion),
+                rate(f.email_mb, f.native_conversion)
+            );
+            println!(
+                "| conversion, wasm | {:.1} s | {:.0} messages/s, {:.1} MB/s |",
+                f.wasm_conversion.as_secs_f64(),
+                rate(f.messages as f64, f.wasm_conversion),
+                rate(f.email_mb, f.wasm_conversion)
+            );
+        }
         println!(
             "| import (conversion in wasm + delivery) | {:.1} s | {:.0} copies/s |",
             f.import.as_secs_f64(),
@@ -654,6 +681,10 @@ fn print(all: &[Figures]) {
         }
         println!();
     }
+}
+
+/// The sizes side by side.
+fn print(all: &[Figures]) {
     if let [small, .., large] = all {
         let growth = large.total.as_secs_f64() / small.total.as_secs_f64().max(1e-9);
         let size = large.messages as f64 / small.messages as f64;
@@ -704,7 +735,9 @@ async fn main() -> anyhow::Result<()> {
     let options = options()?;
     let mut all = Vec::new();
     for &size in &options.sizes {
-        all.push(run_size(&options, size).await?);
+        let figures = run_size(&options, size).await?;
+        print_size(&figures);
+        all.push(figures);
     }
     print(&all);
     Ok(())
