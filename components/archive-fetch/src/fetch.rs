@@ -12,8 +12,8 @@ use archiver_core::pipeline::{
     window,
 };
 use archiver_core::runs::{
-    Figures, LoginFailure, NotImported, NotImportedReason, Phase, Progress, Run, RunState,
-    RunTrigger, run_id,
+    Figures, LoginFailure, Next, NotImported, NotImportedReason, Phase, Run, RunState, RunTrigger,
+    run_id,
 };
 use archiver_core::secrets::{self, SecretKey};
 use archiver_core::source::MessagePage;
@@ -301,21 +301,16 @@ async fn drive_side(
         let before = state
             .run(&connector.id, run_id)?
             .context("the run record vanished")?;
-        if before.state.is_terminal() {
-            return Ok(());
-        }
-        let url = match (side, before.progress.phase) {
-            (_, Phase::Done) => return Ok(()),
-            (Side::Fetch, Phase::Fetch) => format!("{STEP_URL}/{}/{run_id}", connector.id),
-            (Side::Fetch, Phase::Import) => return Ok(()),
-            (Side::Import, phase) => {
-                let staged = before.progress.imported_pages < before.progress.item_pages;
-                if !fetch_begun.get() || (phase == Phase::Fetch && !staged) {
-                    archive_host::sleep(IMPORT_WAIT).await;
-                    continue;
-                }
-                format!("{IMPORT_URL}/{}/{run_id}", connector.id)
+        let url = match before.next(side, fetch_begun.get()) {
+            Next::Stop => return Ok(()),
+            Next::Wait => {
+                archive_host::sleep(IMPORT_WAIT).await;
+                continue;
             }
+            Next::Step => match side {
+                Side::Fetch => format!("{STEP_URL}/{}/{run_id}", connector.id),
+                Side::Import => format!("{IMPORT_URL}/{}/{run_id}", connector.id),
+            },
         };
         let answer = send(
             &SourceRequest {
@@ -342,7 +337,7 @@ async fn drive_side(
                 answer.status,
                 String::from_utf8_lossy(&answer.body)
             )),
-            Ok(_) if same_place(side, &before.progress, &after.progress) => {
+            Ok(_) if after.progress.same_place(side, &before.progress) => {
                 Some("a step of the run made no progress".to_string())
             }
             Ok(_) => None,
@@ -353,34 +348,6 @@ async fn drive_side(
         if let Err(e) = renew_lease(&connector.id, run_id) {
             return give_up(state, &mut after, e.to_string());
         }
-    }
-}
-
-/// Whether a side's checkpoint is where it was: the import's is its place in the run's items,
-/// the fetch's everything else (the step count and the import's own fields aside).
-fn same_place(side: Side, before: &Progress, after: &Progress) -> bool {
-    let import_place = |p: &Progress| {
-        (
-            p.imported_pages,
-            p.imported_position,
-            p.delivering,
-            p.transient.clone(),
-            p.import_not_imported_pages,
-        )
-    };
-    let fetch_place = |p: &Progress| Progress {
-        steps: 0,
-        imported_pages: 0,
-        imported_position: 0,
-        delivering: None,
-        transient: None,
-        import_not_imported_pages: 0,
-        import_started_at: None,
-        ..p.clone()
-    };
-    match side {
-        Side::Import => import_place(before) == import_place(after),
-        Side::Fetch => fetch_place(before) == fetch_place(after),
     }
 }
 

@@ -108,6 +108,77 @@ pub enum Phase {
     Done,
 }
 
+/// The two sides of a run, which go on at once: the fetch stages the window, the import
+/// delivers what is staged. Each writes its own checkpoint and lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Fetch,
+    Import,
+}
+
+/// What one side of a run does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Send it a step.
+    Step,
+    /// Nothing for it yet: look again in a moment (the import, while the fetch stages).
+    Wait,
+    /// This side is done (or the run ended).
+    Stop,
+}
+
+impl Run {
+    /// What `side` does next. The import waits for the first fetch step (`fetch_begun`: it takes
+    /// over and clears the pending list, to which the import adds), then takes each item page
+    /// staged, and once the fetch is done takes a last step that ends the run.
+    pub fn next(&self, side: Side, fetch_begun: bool) -> Next {
+        if self.state.is_terminal() {
+            return Next::Stop;
+        }
+        let progress = &self.progress;
+        match (side, progress.phase) {
+            (_, Phase::Done) | (Side::Fetch, Phase::Import) => Next::Stop,
+            (Side::Fetch, Phase::Fetch) => Next::Step,
+            (Side::Import, _) if !fetch_begun => Next::Wait,
+            (Side::Import, Phase::Fetch) if progress.imported_pages >= progress.item_pages => {
+                Next::Wait
+            }
+            (Side::Import, _) => Next::Step,
+        }
+    }
+}
+
+impl Progress {
+    /// Whether `side`'s checkpoint is where it was in `before`: the import's is its place in
+    /// the run's items, the fetch's everything else (the step count and the import's own fields
+    /// aside). A step that leaves it so made no progress.
+    pub fn same_place(&self, side: Side, before: &Progress) -> bool {
+        let import_place = |p: &Progress| {
+            (
+                p.imported_pages,
+                p.imported_position,
+                p.delivering,
+                p.transient.clone(),
+                p.import_not_imported_pages,
+            )
+        };
+        let fetch_place = |p: &Progress| Progress {
+            steps: 0,
+            imported_pages: 0,
+            imported_position: 0,
+            delivering: None,
+            transient: None,
+            import_not_imported_pages: 0,
+            import_started_at: None,
+            ..p.clone()
+        };
+        match side {
+            Side::Import => import_place(before) == import_place(self),
+            Side::Fetch => fetch_place(before) == fetch_place(self),
+        }
+    }
+}
+
 /// A run's checkpoint: a run is done in steps of bounded work, each of which continues from
 /// here and ends by writing the run record, so a step cut short is done again from its start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -370,6 +441,63 @@ pub fn status(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_import_waits_for_the_first_fetch_step_and_then_for_staged_pages() {
+        use super::{Next, Phase, RunState, Side};
+        let mut run = crate::testing::run("c", "r");
+        run.state = RunState::Running;
+        assert_eq!(run.next(Side::Fetch, false), Next::Step);
+        assert_eq!(run.next(Side::Import, false), Next::Wait);
+        run.progress.item_pages = 2;
+        assert_eq!(
+            run.next(Side::Import, false),
+            Next::Wait,
+            "before the first fetch step"
+        );
+        assert_eq!(run.next(Side::Import, true), Next::Step);
+        run.progress.imported_pages = 2;
+        assert_eq!(
+            run.next(Side::Import, true),
+            Next::Wait,
+            "all staged is imported"
+        );
+        run.progress.phase = Phase::Import;
+        assert_eq!(run.next(Side::Fetch, true), Next::Stop);
+        assert_eq!(
+            run.next(Side::Import, true),
+            Next::Step,
+            "the step that ends the run"
+        );
+        run.state = RunState::Failed;
+        assert_eq!(run.next(Side::Import, true), Next::Stop);
+    }
+
+    #[test]
+    fn each_side_is_judged_on_its_own_checkpoint() {
+        use super::{Progress, Side};
+        let before = Progress::default();
+        let imported = Progress {
+            imported_position: 3,
+            steps: 1,
+            ..before.clone()
+        };
+        assert!(!imported.same_place(Side::Import, &before));
+        assert!(
+            imported.same_place(Side::Fetch, &before),
+            "the fetch did nothing"
+        );
+        let fetched = Progress {
+            position: 5,
+            steps: 1,
+            ..before.clone()
+        };
+        assert!(!fetched.same_place(Side::Fetch, &before));
+        assert!(
+            fetched.same_place(Side::Import, &before),
+            "the import did nothing"
+        );
+    }
+
     use super::*;
 
     fn at(t: &str) -> DateTime<Utc> {

@@ -55,6 +55,7 @@ use crate::mapping::{MappingTable, parse_mapping_csv};
 use crate::merge::merge;
 use crate::phone::Region;
 use crate::pipeline::{ArchivedItem, StagedItem};
+pub use crate::runs::Side;
 use crate::runs::{HealthRecord, NotImported, Run};
 use crate::secrets::{NONCE_BYTES, SEAL_OVERHEAD, SecretKey, open_bytes, seal_bytes};
 
@@ -140,6 +141,16 @@ fn merged_run(base: &Run, mine: &Run, current: &Run) -> Result<Run, StoreError> 
     serde_json::from_value(merged).map_err(|e| StoreError(format!("run {}: {e}", mine.id)))
 }
 
+/// `ended` with its items to carry over being those this writer listed since `base` (in `run`):
+/// the writer that ended the run carried over the rest, and no one imports them now.
+fn listed_since(base: &Run, run: &Run, ended: &Run) -> Run {
+    let mut listed = ended.clone();
+    listed.progress.imported_pages = base.progress.item_pages;
+    listed.progress.imported_position = 0;
+    listed.progress.item_pages = run.progress.item_pages;
+    listed
+}
+
 /// `items` as JSON arrays of at most [`CHUNK_BYTES`] each (none for no items).
 fn pages_of<T: Serialize>(items: &[T]) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut pages: Vec<Vec<u8>> = Vec::new();
@@ -199,13 +210,6 @@ fn not_imported_key(id: &str, run: &str) -> String {
 
 fn import_not_imported_key(id: &str, run: &str) -> String {
     format!("run/{id}/{run}/not-imported-at-import")
-}
-
-/// Which side of a run writes: each has its own lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Fetch,
-    Import,
 }
 
 /// How a commit of the run record went.
@@ -435,12 +439,7 @@ impl<'a, K: KeyValue> State<'a, K> {
         })?;
         let commit = match ended_by_another && !base.state.is_terminal() {
             true => {
-                // Items this writer listed after the end was written: no one imports them now.
-                let mut added = written.clone();
-                added.progress.imported_pages = base.progress.item_pages;
-                added.progress.imported_position = 0;
-                added.progress.item_pages = run.progress.item_pages;
-                self.carry_over(&added)?;
+                self.carry_over(&listed_since(base, run, &written))?;
                 Commit::EndedByAnother
             }
             false => Commit::Written,
@@ -459,10 +458,6 @@ impl<'a, K: KeyValue> State<'a, K> {
         run: &Run,
         before: &mut dyn FnMut(Option<&Run>) -> Result<(), StoreError>,
     ) -> Result<Run, StoreError> {
-        let to_value = |run: &Run| {
-            serde_json::to_value(run).map_err(|e| StoreError(format!("run {}: {e}", run.id)))
-        };
-        let (base_value, mine_value) = (to_value(base)?, to_value(run)?);
         let key = run_key(&run.connector, &run.id);
         let written = self.kv.update(&key, &mut |current| {
             let current: Option<Run> = current
@@ -471,15 +466,14 @@ impl<'a, K: KeyValue> State<'a, K> {
                 .map_err(|e| StoreError(format!("record {key} is unreadable: {e}")))?;
             before(current.as_ref())?;
             let merged = match &current {
-                None => mine_value.clone(),
+                None => run.clone(),
                 Some(current) => {
-                    let mut merged = merge(&base_value, &mine_value, &to_value(current)?);
+                    let mut merged = merged_run(base, run, current)?;
                     if current.state.is_terminal() {
-                        let ended = to_value(current)?;
-                        for field in ["state", "finished_at", "error"] {
-                            merged[field] = ended[field].clone();
-                        }
-                        merged["progress"]["phase"] = ended["progress"]["phase"].clone();
+                        merged.state = current.state;
+                        merged.finished_at = current.finished_at;
+                        merged.error = current.error.clone();
+                        merged.progress.phase = current.progress.phase;
                     }
                     merged
                 }
@@ -818,17 +812,7 @@ impl<K: KeyValue> State<'_, K> {
         let written = self.merge_run(base, &failed, &mut |current| {
             let mut reach = match current {
                 None => run.clone(),
-                Some(current) if current.state.is_terminal() => {
-                    // Ended by another writer: only what this one listed since is left.
-                    let mut reach = current.clone();
-                    reach.progress.imported_pages = current.progress.item_pages;
-                    reach.progress.imported_position = 0;
-                    reach.progress.item_pages += run
-                        .progress
-                        .item_pages
-                        .saturating_sub(base.progress.item_pages);
-                    reach
-                }
+                Some(current) if current.state.is_terminal() => listed_since(base, run, current),
                 // The record as it is about to be written: both sides' checkpoints.
                 Some(current) => merged_run(base, run, current)?,
             };
@@ -843,6 +827,7 @@ impl<K: KeyValue> State<'_, K> {
         *run = written;
         Ok(())
     }
+
     /// Empties the list (count first, so a crash leaves it empty with some unread pages). Only
     /// the step that takes the list over clears it, before the run's import begins.
     pub fn clear_pending(&self, id: &str) -> Result<(), StoreError> {
