@@ -844,8 +844,29 @@ async fn graph(inner: &Arc<Mutex<Inner>>, parts: &http::request::Parts, body: &[
             && token == "token"
             && parts.method == "POST"
         {
+            // The token request is a form post
+            // (<https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-client-creds-grant-flow#first-case-access-token-request-with-a-shared-secret>).
+            if !content_type_is(parts, "application/x-www-form-urlencoded") {
+                return error(
+                    400,
+                    "invalid_request",
+                    "The request body must be application/x-www-form-urlencoded.",
+                );
+            }
             let tenant = tenant.clone();
             return i.token(&tenant, body);
+        }
+        // A call with a JSON body names it: "Content-Type: application/json. Required." in the
+        // request headers of user-post-messages, message-post-attachments and
+        // attachment-createuploadsession; json-batching's requests likewise.
+        if matches!(parts.method.as_str(), "POST" | "PATCH")
+            && !content_type_is(parts, "application/json")
+        {
+            return error(
+                415,
+                "UnsupportedMediaType",
+                "Content-Type: application/json is required.",
+            );
         }
         if !i.authorised(parts) {
             return error(
@@ -958,6 +979,16 @@ async fn batch(inner: &Arc<Mutex<Inner>>, body: &[u8]) -> Answer {
     answer(200, &json!({ "responses": responses }))
 }
 
+/// Whether the request's Content-Type is `media_type` (parameters such as `charset` aside).
+fn content_type_is(parts: &http::request::Parts, media_type: &str) -> bool {
+    parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(media_type))
+}
+
 fn parse_query(query: &str) -> BTreeMap<String, String> {
     query
         .split('&')
@@ -987,6 +1018,38 @@ fn upload(inner: &Arc<Mutex<Inner>>, parts: &http::request::Parts, body: &[u8]) 
     let token = parts.uri.path().trim_start_matches("/upload/").to_string();
     if parts.method != "PUT" {
         return error(405, "MethodNotAllowed", "PUT byte ranges");
+    }
+    // Step 2's request headers: Content-Length ("The number of bytes being uploaded in this
+    // operation ... Required"), Content-Range (`bytes {start}-{end}/{total}`, required) and
+    // Content-Type (`application/octet-stream`, required). A body sent chunked, with no
+    // Content-Length, is refused as Exchange Online refuses it.
+    if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return error(
+            411,
+            "LengthRequired",
+            "A Content-Length header is required on the request.",
+        );
+    }
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared != Some(body.len() as u64) {
+        return error(
+            400,
+            "InvalidRequest",
+            "Content-Length is not the number of bytes uploaded.",
+        );
+    }
+    if !content_type_is(parts, "application/octet-stream") {
+        return error(
+            415,
+            "UnsupportedMediaType",
+            "Specify Content-Type: application/octet-stream.",
+        );
     }
     let Some(session) = i.sessions.get_mut(&token) else {
         return error(
@@ -1020,6 +1083,8 @@ fn upload(inner: &Arc<Mutex<Inner>>, parts: &http::request::Parts, body: &[u8]) 
             "Content-Range bytes start-end/total is required",
         );
     };
+    // The range arithmetic: the range starts where the session's bytes end, and spans exactly
+    // the Content-Length bytes of the body.
     let length = body.len() as u64;
     let last = end + 1 == session.size;
     let valid = total == session.size

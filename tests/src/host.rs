@@ -399,9 +399,19 @@ impl WasiHttpHooks for Outbound {
                             return Ok((response, done));
                         }
                     };
+                    // Sent as the guest framed it: with a Content-Length (the new one) when it
+                    // gave one, else chunked, as Spin sends a body of no given length.
                     let mut parts = parts;
-                    parts.headers.remove(http::header::CONTENT_LENGTH);
-                    http::Request::from_parts(parts, full_body(body.to_vec()))
+                    let body = match parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+                        true => {
+                            parts
+                                .headers
+                                .insert(http::header::CONTENT_LENGTH, body.len().into());
+                            full_body(body.to_vec())
+                        }
+                        false => unsized_body(body),
+                    };
+                    http::Request::from_parts(parts, body)
                 }
             };
             if request.uri().scheme() != Some(&http::uri::Scheme::HTTP) {
@@ -429,6 +439,29 @@ impl WasiHttpHooks for Outbound {
                 Box::new(async { Ok(()) });
             Ok((response, done))
         })
+    }
+}
+
+/// A body whose length is not known beforehand, as a guest's `wasi:http` body without a
+/// `Content-Length` is: hyper sends it chunked.
+fn unsized_body(bytes: Bytes) -> HyperOutgoingBody {
+    UnsizedBody(Some(bytes))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// One chunk of bytes that tells no size (the default `size_hint`) and no end until it is read.
+struct UnsizedBody(Option<Bytes>);
+
+impl http_body::Body for UnsizedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|bytes| Ok(http_body::Frame::data(bytes))))
     }
 }
 

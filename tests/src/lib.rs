@@ -12,7 +12,11 @@
 //!   overrides as `SPIN_VARIABLE_*` would give them;
 //! - outbound HTTP through `wasmtime-wasi-http` with `allowed_outbound_hosts` enforced, plain-HTTP
 //!   connections kept alive and reused across instances as current Spin does, and
-//!   `http://<component>.spin.internal` served in-process (local service chaining); requests to
+//!   `http://<component>.spin.internal` served in-process (local service chaining); a guest's
+//!   request body framed as Spin 3.5 frames it (`crates/factor-outbound-http/src/wasi.rs` hands
+//!   wasmtime-wasi-http's body, a stream of unknown size, to a hyper client): with the guest's
+//!   `Content-Length` when it set one, otherwise `Transfer-Encoding: chunked` (a GET with no
+//!   length goes with no body), so a server that needs the length refuses it here too; requests to
 //!   `http://self` go to the app's routes from HTTP-triggered invocations only (elsewhere they
 //!   are invalid, as Spin sets no origin for them);
 //! - a listener on a real loopback socket ([`App::serve`], [`AppBuilder::listening`]) serving
@@ -43,6 +47,7 @@ mod host;
 mod kv;
 pub mod manifest;
 mod outbound;
+pub mod samples;
 mod simulator;
 mod variables;
 

@@ -39,6 +39,8 @@ struct Inner {
     /// The messages with a readable `archived_at`, as (instant, index) in listing order; made
     /// again after messages are added, so a page costs its own size, not the day's.
     listing: Option<Vec<(chrono::DateTime<chrono::FixedOffset>, usize)>>,
+    /// Messages listed a second time, as (where in the listing, index in `messages`).
+    relisted: Vec<(chrono::DateTime<chrono::FixedOffset>, usize)>,
     attachments: BTreeMap<String, (String, Vec<u8>)>,
     /// Path prefix -> faults to answer with, one per request, before serving normally.
     failures: Vec<(String, VecDeque<Fault>)>,
@@ -164,6 +166,22 @@ impl SourceSimulator {
     pub fn add_message(&self, message: Value) {
         self.with(|i| {
             i.messages.push(message);
+            i.listing = None;
+        });
+    }
+
+    /// Lists the message `id` (added already) a second time, where a message archived at `at`
+    /// is listed: a re-delivery the archive makes on a later page of the same window, the
+    /// record unchanged. The contract does not rule it out, so a client must take it.
+    pub fn relist(&self, id: &str, at: &str) {
+        let at = chrono::DateTime::parse_from_rfc3339(at).expect("an RFC 3339 instant");
+        self.with(|i| {
+            let index = i
+                .messages
+                .iter()
+                .position(|m| m["id"] == id)
+                .expect("a message added before");
+            i.relisted.push((at, index));
             i.listing = None;
         });
     }
@@ -345,6 +363,7 @@ fn messages(inner: &mut Inner, query: &str) -> hyper::Response<Full<Bytes>> {
         );
     };
     let all = &inner.messages;
+    let relisted = &inner.relisted;
     let listing = inner.listing.get_or_insert_with(|| {
         let mut listing: Vec<_> = all
             .iter()
@@ -353,6 +372,7 @@ fn messages(inner: &mut Inner, query: &str) -> hyper::Response<Full<Bytes>> {
                 let at = m["archived_at"].as_str()?;
                 Some((chrono::DateTime::parse_from_rfc3339(at).ok()?, index))
             })
+            .chain(relisted.iter().copied())
             .collect();
         listing.sort();
         listing

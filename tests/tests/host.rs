@@ -103,6 +103,32 @@ async fn outbound_requests_reach_only_listed_hosts() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_request_body_without_a_length_goes_out_chunked_as_spin_sends_it() {
+    let server = upstream().await;
+    let app = probe_app(server);
+    let post = |op: &str| {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("/probe/x?op={op}&url=http://{server}/framing"))
+            .body(Bytes::from_static(b"12345"))
+            .unwrap();
+        app.send(request)
+    };
+    // Spin 3.5 hands the guest's body to hyper as a stream of unknown size: without a
+    // Content-Length it is sent with Transfer-Encoding: chunked.
+    let without_length = post("post").await.unwrap();
+    assert_eq!(without_length.text(), "200 chunked 5");
+    let sized = post("post-sized").await.unwrap();
+    assert_eq!(sized.text(), "200 length 5");
+
+    // A body a test rewrites keeps the framing the guest gave it.
+    let rewrite = |body: &[u8]| Some(archiver_tests::Rewrite::Body([body, b"678"].concat()));
+    app.rewrite_outbound(&format!("http://{server}/framing"), 2, rewrite);
+    assert_eq!(post("post").await.unwrap().text(), "200 chunked 8");
+    assert_eq!(post("post-sized").await.unwrap().text(), "200 length 8");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_request_to_self_reaches_the_apps_routes_only_with_http_self_listed() {
     let app = probe_app(unlisted());
     // The probe lists `http://self`: a relative URL goes to the app's own public routes.

@@ -1093,6 +1093,100 @@ async fn a_day_backfilled_twice_counts_its_texts_once_on_their_own_day() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_text_the_archive_lists_twice_in_a_window_counts_once() {
+    let jmap = Jmap::connect().await;
+    let source = SourceSimulator::start("att-admin", "archive-password").await;
+    let texts = (0..5)
+        .map(|n| {
+            let id = unique(&format!("twice{n}"));
+            source.add_message(message(
+                &id,
+                "sms",
+                "inbound",
+                &format!("2026-11-25T1{n}:00:00Z"),
+                &format!("2026-11-25T1{n}:00:01Z"),
+                heidi(),
+                vec![grace()],
+                None,
+                "Listed twice",
+                vec![],
+            ));
+            id
+        })
+        .collect::<Vec<_>>();
+    let unreadable = unique("twice-fax");
+    source.add_message(message(
+        &unreadable,
+        "fax",
+        "inbound",
+        "2026-11-25T09:00:00Z",
+        "2026-11-25T09:00:01Z",
+        heidi(),
+        vec![grace()],
+        None,
+        "Not a kind we know",
+        vec![],
+    ));
+    // Pages of three: [fax, 0, 1] [2, 3, 3 again] [4, 0 again, fax again].
+    source.set_page_cap(3);
+    source.relist(&texts[3], "2026-11-25T13:00:01Z");
+    source.relist(&texts[0], "2026-11-25T14:30:00Z");
+    source.relist(&unreadable, "2026-11-25T14:40:00Z");
+    // Steps of two messages, so the import may deliver text 0 before its second listing.
+    let app = archiver_in_steps(&source, 2);
+    let connector = "att-twice";
+    create_connector(&app, &source, connector).await;
+    let backfill = json!({ "since": "2026-11-25T00:00:00Z", "until": "2026-11-26T00:00:00Z" });
+    for attempt in 0..2 {
+        let run = admin(
+            &app,
+            "POST",
+            &format!("/api/connectors/{connector}/runs"),
+            "application/json",
+            backfill.to_string(),
+        )
+        .await;
+        app.settle().await;
+        let run = admin(
+            &app,
+            "GET",
+            &format!(
+                "/api/connectors/{connector}/runs/{}",
+                run["id"].as_str().unwrap()
+            ),
+            "application/json",
+            String::new(),
+        )
+        .await;
+        assert_eq!(run["state"], "succeeded", "{run}");
+        assert_eq!(
+            run["figures"]["fetched"], 6,
+            "each text once in its run: {run}"
+        );
+        assert_eq!(run["figures"]["invalid"], 1, "{run}");
+        if attempt == 0 {
+            assert_eq!(run["figures"]["available_for_import"], 10, "{run}");
+            assert_eq!(run["figures"]["imported"], 10, "{run}");
+        }
+    }
+    let status = status_of(&app, connector).await;
+    let days = status["days"].as_array().unwrap();
+    assert_eq!(days.len(), 1, "{status}");
+    assert_eq!(days[0]["fetched"], 6, "each text once in its day: {status}");
+    assert_eq!(days[0]["invalid"], 1, "{status}");
+    assert_eq!(days[0]["available_for_import"], 10, "{status}");
+    assert_eq!(days[0]["imported"], 10, "{status}");
+    assert_eq!(days[0]["invariant_holds"], true);
+    for user in ["heidi@acme.example", "grace@acme.example"] {
+        // folder_contents fails on a text found twice.
+        let contents = folder_contents(&jmap, user).await;
+        for text in &texts {
+            assert!(contents.contains_key(text), "{user} has no copy of {text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_group_mms_is_read_from_staging_once_for_all_its_copies() {
     let jmap = Jmap::connect().await;
     let source = SourceSimulator::start("att-admin", "archive-password").await;

@@ -699,3 +699,61 @@ async fn a_passing_archive_error_during_the_credential_check_is_asked_again() {
         .count();
     assert_eq!(logins, 2, "asked once more after the 503");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connector_is_disabled_and_enabled_while_its_archive_is_down() {
+    let s = setup().await;
+    assert_eq!(s.create("att-main").await.status, 201);
+    let created = s
+        .call("GET", "/api/connectors/att-main", None, "")
+        .await
+        .json()
+        .unwrap();
+    let logins = || {
+        s.source
+            .requests()
+            .iter()
+            .filter(|r| r.1.starts_with("/v1/account"))
+            .count()
+    };
+    let logins_before = logins();
+
+    // The archive is down for everything the app asks of it from now on.
+    s.app.fail_outbound(&s.source.origin(), 503, 1000);
+    let put = |extra: Value| {
+        s.call(
+            "PUT",
+            "/api/connectors/att-main",
+            Some("application/json"),
+            s.connector_body(extra),
+        )
+    };
+    let disabled = put(json!({ "enabled": false })).await;
+    assert_eq!(disabled.status, 200, "{}", disabled.text());
+    assert_eq!(disabled.json().unwrap()["enabled"], false);
+    let stored = s
+        .call("GET", "/api/connectors/att-main", None, "")
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(stored["enabled"], false);
+    // What the archive confirmed is kept as it was.
+    for field in ["account_id", "organization", "source_url", "password_set"] {
+        assert_eq!(stored[field], created[field], "{field}");
+    }
+
+    let enabled = put(json!({ "enabled": true, "display_name": "AT&T (main)" })).await;
+    assert_eq!(enabled.status, 200, "{}", enabled.text());
+    assert_eq!(enabled.json().unwrap()["enabled"], true);
+    assert_eq!(enabled.json().unwrap()["display_name"], "AT&T (main)");
+    assert_eq!(logins(), logins_before, "the archive was never asked");
+
+    // A new password still needs the archive, and nothing is saved while it cannot answer.
+    let before = s.snapshot();
+    let new_password = put(json!({ "password": "another-password" })).await;
+    assert_eq!(new_password.status, 502, "{}", new_password.text());
+    let other_user = put(json!({ "username": "att-other" })).await;
+    assert_eq!(other_user.status, 502, "{}", other_user.text());
+    assert_eq!(s.snapshot(), before, "nothing may be saved");
+    s.assert_no_secret_anywhere();
+}

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use archiver_tests::App;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 
 /// The probe app with its required secret set and its upstream at `upstream`.
 pub fn probe_app(upstream: SocketAddr) -> App {
@@ -15,18 +15,37 @@ pub fn probe_app(upstream: SocketAddr) -> App {
         .expect("probe app loads")
 }
 
-/// A tiny HTTP server on loopback answering every request with `200 upstream says hi`.
+/// A tiny HTTP server on loopback answering every request with `200 upstream says hi`, but
+/// `/framing`, answered with how the request's body came: `chunked N` or `length N` (N bytes).
 pub async fn upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_request| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                        Bytes::from_static(b"upstream says hi"),
-                    )))
-                });
+                let service = hyper::service::service_fn(
+                    |request: hyper::Request<hyper::body::Incoming>| async move {
+                        let answer = match request.uri().path() {
+                            "/framing" => {
+                                let headers = request.headers();
+                                let framing = match (
+                                    headers.get("transfer-encoding"),
+                                    headers.get("content-length"),
+                                ) {
+                                    (Some(te), None) => te.to_str().unwrap_or("?").to_string(),
+                                    (None, Some(_)) => "length".to_string(),
+                                    (None, None) => "none".to_string(),
+                                    (Some(_), Some(_)) => "both".to_string(),
+                                };
+                                let body = request.into_body().collect().await;
+                                let received = body.map(|b| b.to_bytes().len()).unwrap_or(0);
+                                Bytes::from(format!("{framing} {received}"))
+                            }
+                            _ => Bytes::from_static(b"upstream says hi"),
+                        };
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(answer)))
+                    },
+                );
                 let io = wasmtime_wasi_http::io::TokioIo::new(stream);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, service)

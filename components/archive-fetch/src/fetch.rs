@@ -7,9 +7,9 @@ use archiver_core::digest::{StreamingSha256, sha256_hex};
 use archiver_core::lease;
 use archiver_core::phone::Region;
 use archiver_core::pipeline::{
-    self, PartialDownload, StagedItem, StepBudget, StepLimits, attachment_range_request, item_key,
-    listing_window, messages_request, ranges, read_messages_response, retry_wait, status_error,
-    window,
+    self, CountedMark, Listing, ListingPlace, PartialDownload, StagedItem, StepBudget, StepLimits,
+    attachment_range_request, item_key, listing_window, messages_request, ranges,
+    read_messages_response, retry_wait, status_error, window,
 };
 use archiver_core::runs::{
     Figures, LoginFailure, Next, NotImported, NotImportedReason, Phase, Run, RunState, RunTrigger,
@@ -499,18 +499,37 @@ async fn stage_step(
             run.progress.cursor.as_deref(),
         );
         let page = fetch_page(&request, config).await?;
+        let (run_id, cursor) = (run.id.clone(), run.progress.cursor.clone());
+        let place = |part: &str, index: usize| {
+            ListingPlace::new(&run_id, listing_since, cursor.as_deref(), part, index)
+        };
         let mut keys = Vec::new();
         let mut not_imported = Vec::new();
         if run.progress.position == 0 {
             for invalid in &page.invalid {
-                run.figures.fetched += 1;
-                run.figures.invalid += 1;
-                // Counted in its day once, though every fetch of the window lists it again.
-                let counted = match &invalid.id {
-                    Some(id) => state.counts_text(&connector.id, &item_key(id), &run.id)?,
+                let here = place("invalid", invalid.index);
+                // Counted in its day once, though every fetch of the window lists it again,
+                // and in its run once, though the archive may list it twice.
+                let counted_in_day = match &invalid.id {
+                    Some(id) => {
+                        let key = item_key(id);
+                        let mark = state.counted_mark(&connector.id, &key)?;
+                        match Listing::classify(&here, None, None, mark.as_ref()) {
+                            Listing::Again => continue,
+                            Listing::First { day, .. } => {
+                                let after = CountedMark::after(mark.as_ref(), &here, &run.id);
+                                if mark.as_ref() != Some(&after) {
+                                    state.put_counted_mark(&connector.id, &key, &after)?;
+                                }
+                                day
+                            }
+                        }
+                    }
                     None => true,
                 };
-                if counted {
+                run.figures.fetched += 1;
+                run.figures.invalid += 1;
+                if counted_in_day {
                     let day = run.day(listing_since.date_naive());
                     day.fetched += 1;
                     day.invalid += 1;
@@ -531,23 +550,44 @@ async fn stage_step(
         }
         let total = page.messages.len();
         let mut cut_short = false;
-        for message in page.messages.into_iter().skip(run.progress.position) {
+        let skip = run.progress.position;
+        for (index, message) in page.messages.into_iter().enumerate().skip(skip) {
             if budget.exhausted(&config.limits, started.elapsed()) {
                 cut_short = true;
                 break;
             }
             let key = item_key(&message.id);
             let text_day = message.archived_at.date_naive();
-            let archived = state.archived(&connector.id, &key)?.is_some();
-            let staged_before = !archived && state.is_staged(&connector.id, &key)?;
-            // A text counts in its day in the run that first fetches it: not when archived
-            // already, nor when an earlier run staged it (kept for another attempt).
-            let first_fetch = !archived
-                && (!staged_before
-                    || state
-                        .staged(&connector.id, &key, &sealing)?
-                        .is_some_and(|item| item.run == run.id));
-            if !archived && !staged_before {
+            let here = place("messages", index);
+            let archived = state.archived(&connector.id, &key)?;
+            let staged = match archived {
+                Some(_) => None,
+                None => state.staged(&connector.id, &key, &sealing)?,
+            };
+            let mark = state.counted_mark(&connector.id, &key)?;
+            let (counted_in_day, stage) =
+                match Listing::classify(&here, archived.as_ref(), staged.as_ref(), mark.as_ref()) {
+                    Listing::Again => {
+                        // Listed by this run already: nothing counts, nothing is staged again.
+                        run.progress.position += 1;
+                        budget.spend(1, 0);
+                        continue;
+                    }
+                    Listing::First { day, stage } => (day, stage),
+                };
+            // A text this run did not stage keeps where this run listed it in its mark.
+            let staged_by = match (&archived, &staged) {
+                (Some(archived), _) => Some(&archived.run),
+                (None, Some(staged)) if staged.run != run.id => Some(&staged.run),
+                _ => None,
+            };
+            if let Some(staged_by) = staged_by {
+                let after = CountedMark::after(mark.as_ref(), &here, staged_by);
+                if mark.as_ref() != Some(&after) {
+                    state.put_counted_mark(&connector.id, &key, &after)?;
+                }
+            }
+            if stage {
                 let resume = run.progress.partial.take().filter(|p| p.item == key);
                 let download = Download {
                     state,
@@ -569,12 +609,15 @@ async fn stage_step(
                             message,
                             delivered_to: Vec::new(),
                             staged_at: Some(Utc::now()),
+                            listed: Some(here),
                         };
                         state.update_staged(&connector.id, &item, &sealing)?;
                     }
                     Staging::Mismatch(detail) => {
                         run.progress.incomplete = true;
-                        if state.counts_text(&connector.id, &key, &run.id)? {
+                        let after = CountedMark::after(mark.as_ref(), &here, &run.id);
+                        state.put_counted_mark(&connector.id, &key, &after)?;
+                        if counted_in_day {
                             run.day(text_day).fetched += 1;
                         }
                         not_imported.push(NotImported {
@@ -603,10 +646,10 @@ async fn stage_step(
             run.progress.position += 1;
             run.figures.fetched += 1;
             budget.spend(1, 0);
-            if first_fetch && !state.counted_by_another(&connector.id, &key, &run.id)? {
+            if counted_in_day {
                 run.day(text_day).fetched += 1;
             }
-            if !archived {
+            if archived.is_none() {
                 keys.push(key);
             }
         }

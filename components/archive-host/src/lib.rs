@@ -442,8 +442,21 @@ pub async fn send(
     for (name, value) in &request.headers {
         builder.header(*name, value.clone());
     }
-    if let Some((content_type, bytes)) = body {
-        builder.header("content-type", content_type).body(bytes);
+    // Spin sends a `wasi:http` body that has no `Content-Length` with `Transfer-Encoding:
+    // chunked`, which some servers refuse (Graph's upload ranges answer 411): every body's
+    // length is known here, so it is always given, `0` for a POST or PUT without one. A GET
+    // without a length goes out with no body at all.
+    match body {
+        Some((content_type, bytes)) => {
+            builder
+                .header("content-type", content_type)
+                .header("content-length", bytes.len().to_string())
+                .body(bytes);
+        }
+        None if request.method != "GET" => {
+            builder.header("content-length", "0");
+        }
+        None => {}
     }
     let response: Response = spin_sdk::http::send(builder.build())
         .await

@@ -89,7 +89,9 @@ pub fn delete_connector(id: &str) -> Result<Response, ApiError> {
     })
 }
 
-/// Creates or updates a connector, after the archive confirmed its credentials.
+/// Creates or updates a connector. A change of credentials or archive is saved only after the
+/// archive confirmed it; any other change (enabling, disabling, the name, the folder) keeps the
+/// confirmed credentials and needs no archive at all.
 pub async fn put_connector(
     config: &Config,
     id: &str,
@@ -100,7 +102,60 @@ pub async fn put_connector(
     let store = SpinStore::open()?;
     let state = State::new(&store);
     let previous = state.connector(id)?;
-    let password = match (&input.password, &previous) {
+    let confirmed = match &previous {
+        Some(previous) if !connector::needs_credential_check(&input, Some(previous)) => Confirmed {
+            source_url: previous.source_url.clone(),
+            password_sealed: previous.password_sealed.clone(),
+            account_id: previous.account_id.clone(),
+            organization: previous.organization.clone(),
+        },
+        _ => confirm_credentials(config, id, &input, previous.as_ref()).await?,
+    };
+
+    let now = Utc::now();
+    let saved = Connector {
+        id: id.to_string(),
+        display_name: input.display_name,
+        network: input.network,
+        source_url: confirmed.source_url,
+        username: input.username,
+        password_sealed: confirmed.password_sealed,
+        folder: input
+            .folder
+            .or_else(|| previous.as_ref().map(|p| p.folder.clone()))
+            .unwrap_or_else(|| DEFAULT_FOLDER.to_string()),
+        automatic_mapping: input.automatic_mapping,
+        enabled: input
+            .enabled
+            .or_else(|| previous.as_ref().map(|p| p.enabled))
+            .unwrap_or(true),
+        account_id: confirmed.account_id,
+        organization: confirmed.organization,
+        created_at: previous.as_ref().map_or(now, |p| p.created_at),
+        updated_at: now,
+    };
+    state.put_connector(&saved)?;
+    let status = if previous.is_some() { 200 } else { 201 };
+    Ok(json(status, &saved.view()))
+}
+
+/// What the archive confirmed of a connector's credentials, as it is stored.
+struct Confirmed {
+    source_url: String,
+    password_sealed: String,
+    account_id: String,
+    organization: String,
+}
+
+/// Asks the archive whether the input's credentials (its password, else the stored one) log in,
+/// and seals the password for storing.
+async fn confirm_credentials(
+    config: &Config,
+    id: &str,
+    input: &connector::ConnectorInput,
+    previous: Option<&Connector>,
+) -> Result<Confirmed, ApiError> {
+    let password = match (&input.password, previous) {
         (Some(password), _) => password.clone(),
         (None, Some(previous)) => {
             let opened = secrets::open(&config.staging_key, id, &previous.password_sealed)
@@ -111,37 +166,17 @@ pub async fn put_connector(
     };
     let (base, account) =
         check_login(config, &input.source_url, &input.username, &password).await?;
-
-    let now = Utc::now();
-    let saved = Connector {
-        id: id.to_string(),
-        display_name: input.display_name,
-        network: input.network,
+    Ok(Confirmed {
         source_url: base,
-        username: input.username,
         password_sealed: secrets::seal(
             &config.staging_key,
             random_bytes::<NONCE_BYTES>()?,
             id,
             password.as_bytes(),
         ),
-        folder: input
-            .folder
-            .or_else(|| previous.as_ref().map(|p| p.folder.clone()))
-            .unwrap_or_else(|| DEFAULT_FOLDER.to_string()),
-        automatic_mapping: input.automatic_mapping,
-        enabled: input
-            .enabled
-            .or_else(|| previous.as_ref().map(|p| p.enabled))
-            .unwrap_or(true),
         account_id: account.account_id,
         organization: account.organization,
-        created_at: previous.as_ref().map_or(now, |p| p.created_at),
-        updated_at: now,
-    };
-    state.put_connector(&saved)?;
-    let status = if previous.is_some() { 200 } else { 201 };
-    Ok(json(status, &saved.view()))
+    })
 }
 
 /// The archive's base URL and account for these credentials, if the archive takes them; the

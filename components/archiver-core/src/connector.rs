@@ -88,6 +88,19 @@ pub fn parse_input(body: &[u8]) -> Result<ConnectorInput, ConnectorError> {
     Ok(input)
 }
 
+/// Whether saving `input` over the stored `previous` needs the archive to confirm credentials:
+/// a new connector, a new password, another username or another archive does. Anything else
+/// (enabling, disabling, renaming, the folder, automatic mapping) changes nothing the archive
+/// knows, so it is saved without asking it: an admin must be able to disable a connector while
+/// its archive is down, which is when they most want to.
+pub fn needs_credential_check(input: &ConnectorInput, previous: Option<&Connector>) -> bool {
+    let Some(previous) = previous else {
+        return true;
+    };
+    let same_archive = source_base(&input.source_url).is_ok_and(|base| base == previous.source_url);
+    input.password.is_some() || input.username != previous.username || !same_archive
+}
+
 /// serde's messages may quote the offending value, which may be a password: keep the kind of
 /// problem, field names and what was expected, never a value.
 fn without_secrets(error: &serde_json::Error) -> String {
@@ -217,6 +230,69 @@ mod tests {
             "automatic_mapping":true{extra}}}"#
         )
         .into_bytes()
+    }
+
+    fn stored() -> Connector {
+        let at = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap();
+        Connector {
+            id: "att-main".into(),
+            display_name: "AT&T Network".into(),
+            network: "AT&T".into(),
+            source_url: "https://archive.example.net/api".into(),
+            username: "att-admin".into(),
+            password_sealed: "sealed".into(),
+            folder: DEFAULT_FOLDER.into(),
+            automatic_mapping: true,
+            enabled: true,
+            account_id: "acme".into(),
+            organization: "Acme".into(),
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn only_a_change_of_credentials_or_archive_asks_the_archive() {
+        let previous = stored();
+        let unchanged = |extra: &str| parse_input(&body(extra)).unwrap();
+        for extra in [
+            r#","enabled":false"#,
+            r#","enabled":true"#,
+            r#","folder":"Texts""#,
+            "",
+        ] {
+            assert!(
+                !needs_credential_check(&unchanged(extra), Some(&previous)),
+                "{extra}"
+            );
+        }
+        // The same archive written with a trailing slash is the same archive.
+        let slash = String::from_utf8(body(r#","enabled":false"#))
+            .unwrap()
+            .replace("/api\"", "/api/\"");
+        assert!(!needs_credential_check(
+            &parse_input(slash.as_bytes()).unwrap(),
+            Some(&previous)
+        ));
+        assert!(needs_credential_check(&unchanged(""), None));
+        assert!(needs_credential_check(
+            &unchanged(r#","password":"new""#),
+            Some(&previous)
+        ));
+        let other_user = String::from_utf8(body(""))
+            .unwrap()
+            .replace("att-admin", "att-other");
+        assert!(needs_credential_check(
+            &parse_input(other_user.as_bytes()).unwrap(),
+            Some(&previous)
+        ));
+        let other_archive = String::from_utf8(body(""))
+            .unwrap()
+            .replace("archive.example.net/api", "archive.example.net/v2");
+        assert!(needs_credential_check(
+            &parse_input(other_archive.as_bytes()).unwrap(),
+            Some(&previous)
+        ));
     }
 
     #[test]

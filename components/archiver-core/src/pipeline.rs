@@ -388,6 +388,9 @@ pub struct StagedItem {
     /// When it was staged; an item still undelivered past the retention is purged, reported.
     #[serde(default)]
     pub staged_at: Option<DateTime<Utc>>,
+    /// Where the listing that staged it showed it (`None`: staged before places were kept).
+    #[serde(default)]
+    pub listed: Option<ListingPlace>,
 }
 
 /// A message whose attachments a fetch step had begun to stage when it reached its limits:
@@ -410,11 +413,153 @@ impl StagedItem {
     }
 }
 
+/// Where a run's listing of the archive showed a text: the page (the listing window's start and
+/// the cursor that asked for it) and the position on it. A step done again after a crash lists
+/// the same text at the same place; the same text at another place of the same run is the
+/// archive listing it again (a re-delivery on a later page), which counts for nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListingPlace {
+    pub run: String,
+    /// Empty for a mark written before places were kept: where it was listed is not known.
+    #[serde(default)]
+    pub page: String,
+    #[serde(default)]
+    pub index: usize,
+}
+
+impl ListingPlace {
+    /// The place of the `index`-th record of the page that `cursor` asked for in the listing
+    /// window from `since`; `part` keeps apart positions counted over different lists of the
+    /// page (its readable messages and its unreadable records).
+    pub fn new(
+        run: &str,
+        since: DateTime<Utc>,
+        cursor: Option<&str>,
+        part: &str,
+        index: usize,
+    ) -> ListingPlace {
+        ListingPlace {
+            run: run.to_string(),
+            page: format!("{}|{part}|{}", since.to_rfc3339(), cursor.unwrap_or("")),
+            index,
+        }
+    }
+
+    /// Whether `earlier`, a place where a text was listed, shows that this run listed the text
+    /// already somewhere else.
+    fn listed_elsewhere_by_this_run(&self, earlier: &ListingPlace) -> bool {
+        earlier.run == self.run
+            && !earlier.page.is_empty()
+            && (earlier.page.as_str(), earlier.index) != (self.page.as_str(), self.index)
+    }
+}
+
+/// The mark kept of a text where its own record cannot say: the run that counted it in its day
+/// and where a run listed it last, for a text no run could stage (an invalid one, one whose
+/// attachment did not match) and for one listed by a run other than the one that staged it. The
+/// fetch never rewrites a staged or archived record for this, as the import writes those.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountedMark {
+    pub counted_by: String,
+    pub listed: ListingPlace,
+}
+
+impl CountedMark {
+    /// Reads a stored mark: JSON, or (written before places were kept) the counting run's id.
+    pub fn decode(bytes: &[u8]) -> CountedMark {
+        serde_json::from_slice(bytes).unwrap_or_else(|_| {
+            let run = String::from_utf8_lossy(bytes).into_owned();
+            CountedMark {
+                counted_by: run.clone(),
+                listed: ListingPlace {
+                    run,
+                    page: String::new(),
+                    index: 0,
+                },
+            }
+        })
+    }
+
+    /// The mark after the listing at `here`: counted by whoever counted it first, else by
+    /// `counted_by`.
+    pub fn after(
+        earlier: Option<&CountedMark>,
+        here: &ListingPlace,
+        counted_by: &str,
+    ) -> CountedMark {
+        CountedMark {
+            counted_by: earlier.map_or_else(|| counted_by.to_string(), |m| m.counted_by.clone()),
+            listed: here.clone(),
+        }
+    }
+}
+
+/// What one listing of a text adds to its run, from what the store holds of the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// The run's first listing of the text (or a listing done again because its step was lost):
+    /// it counts in the run's figures; in its day's too when `day` (no other run counted it and
+    /// it is not archived already); and it is staged when `stage`. Where it was listed is then
+    /// kept with the text's record, so that a later listing by the same run is known.
+    First { day: bool, stage: bool },
+    /// The run has listed this text at another place already: nothing counts again and nothing
+    /// is staged again. A day's figures are what an admin reconciles against the carrier's
+    /// count, so each text is in them once, however often the archive lists it.
+    Again,
+}
+
+impl Listing {
+    /// Classifies the listing at `here` of a text that is `archived`, `staged` or `counted`, or
+    /// none of these.
+    pub fn classify(
+        here: &ListingPlace,
+        archived: Option<&ArchivedItem>,
+        staged: Option<&StagedItem>,
+        counted: Option<&CountedMark>,
+    ) -> Listing {
+        let elsewhere = |place: Option<&ListingPlace>| {
+            place.is_some_and(|place| here.listed_elsewhere_by_this_run(place))
+        };
+        if elsewhere(archived.and_then(|a| a.listed.as_ref()))
+            || elsewhere(staged.and_then(|s| s.listed.as_ref()))
+            || elsewhere(counted.map(|c| &c.listed))
+        {
+            return Listing::Again;
+        }
+        if let Some(archived) = archived {
+            // Archived before places were kept, from this run's staging: this run listed it
+            // before (a page is imported only once its step is committed, and a committed page
+            // is never listed again).
+            if archived.listed.is_none() && archived.run == here.run {
+                return Listing::Again;
+            }
+            return Listing::First {
+                day: false,
+                stage: false,
+            };
+        }
+        let counted_by_another = counted.is_some_and(|c| c.counted_by != here.run);
+        match staged {
+            Some(staged) => Listing::First {
+                day: staged.run == here.run && !counted_by_another,
+                stage: false,
+            },
+            None => Listing::First {
+                day: !counted_by_another,
+                stage: true,
+            },
+        }
+    }
+}
+
 /// What is remembered of an archived item, so a later window does not stage it again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchivedItem {
     pub run: String,
     pub at: DateTime<Utc>,
+    /// Where a run listed it last (`None`: archived before places were kept).
+    #[serde(default)]
+    pub listed: Option<ListingPlace>,
 }
 
 #[cfg(test)]
@@ -547,6 +692,7 @@ mod tests {
             attachment_chunks: vec![],
             delivered_to: vec![],
             staged_at: None,
+            listed: None,
         };
         let now: DateTime<Utc> = "2026-11-26T02:00:00Z".parse().unwrap();
         assert!(!item.expired(now, Duration::days(30)), "unknown age");
@@ -554,6 +700,141 @@ mod tests {
         assert!(!item.expired(now, Duration::days(30)));
         item.staged_at = Some(now - Duration::days(30) - Duration::seconds(1));
         assert!(item.expired(now, Duration::days(30)));
+    }
+
+    #[test]
+    fn a_text_counts_once_however_often_its_run_lists_it() {
+        let since = at("2026-11-25T00:00:00Z");
+        let place = |run: &str, cursor: Option<&str>, index| {
+            ListingPlace::new(run, since, cursor, "messages", index)
+        };
+        let staged = |run: &str, listed: Option<ListingPlace>| StagedItem {
+            key: "k".into(),
+            run: run.into(),
+            message: crate::testing::message(&crate::testing::sms_record()),
+            attachment_chunks: Vec::new(),
+            delivered_to: Vec::new(),
+            staged_at: None,
+            listed,
+        };
+        let here = place("r2", Some("page-2"), 0);
+        let new = Listing::First {
+            day: true,
+            stage: true,
+        };
+        assert_eq!(Listing::classify(&here, None, None, None), new);
+
+        // Staged by this run on page 1 and listed again on page 2: a re-delivery.
+        let first = staged("r2", Some(place("r2", None, 3)));
+        assert_eq!(
+            Listing::classify(&here, None, Some(&first), None),
+            Listing::Again
+        );
+        // The same place again is the step done again after a crash: its count was lost.
+        let redo = staged("r2", Some(here.clone()));
+        let counted_here = Listing::First {
+            day: true,
+            stage: false,
+        };
+        assert_eq!(
+            Listing::classify(&here, None, Some(&redo), None),
+            counted_here
+        );
+        // Twice on one page, at two positions, is listed again too.
+        let same_page = staged("r2", Some(place("r2", Some("page-2"), 7)));
+        assert_eq!(
+            Listing::classify(&here, None, Some(&same_page), None),
+            Listing::Again
+        );
+        // Staged before places were kept: counted as it was.
+        assert_eq!(
+            Listing::classify(&here, None, Some(&staged("r2", None)), None),
+            counted_here
+        );
+        // Staged by an earlier run (kept for another attempt): that run counted it.
+        let earlier = staged("r1", Some(place("r1", None, 3)));
+        let not_in_day = Listing::First {
+            day: false,
+            stage: false,
+        };
+        assert_eq!(
+            Listing::classify(&here, None, Some(&earlier), None),
+            not_in_day
+        );
+
+        // Archived, and listed by this run elsewhere, here, or (before places were kept)
+        // archived from this run's staging.
+        let archived = |run: &str, listed: Option<ListingPlace>| ArchivedItem {
+            run: run.into(),
+            at: since,
+            listed,
+        };
+        let listed_before = archived("r1", Some(place("r2", None, 3)));
+        assert_eq!(
+            Listing::classify(&here, Some(&listed_before), None, None),
+            Listing::Again
+        );
+        let by_earlier = archived("r1", Some(place("r1", None, 3)));
+        for record in [
+            by_earlier.clone(),
+            archived("r1", Some(here.clone())),
+            archived("r1", None),
+        ] {
+            assert_eq!(
+                Listing::classify(&here, Some(&record), None, None),
+                not_in_day,
+                "{record:?}"
+            );
+        }
+        assert_eq!(
+            Listing::classify(&here, Some(&archived("r2", None)), None, None),
+            Listing::Again
+        );
+
+        // Counted as unreadable or mismatched: listed by this run elsewhere, here, by another.
+        let mark = |counted_by: &str, listed: ListingPlace| CountedMark {
+            counted_by: counted_by.into(),
+            listed,
+        };
+        assert_eq!(
+            Listing::classify(&here, None, None, Some(&mark("r1", place("r2", None, 1)))),
+            Listing::Again
+        );
+        assert_eq!(
+            Listing::classify(&here, None, None, Some(&mark("r2", here.clone()))),
+            new
+        );
+        let legacy = CountedMark::decode(b"r2");
+        assert_eq!(legacy.counted_by, "r2");
+        assert_eq!(Listing::classify(&here, None, None, Some(&legacy)), new);
+        let another =
+            CountedMark::decode(&serde_json::to_vec(&mark("r1", place("r1", None, 1))).unwrap());
+        assert_eq!(another.counted_by, "r1");
+        assert_eq!(
+            Listing::classify(&here, None, None, Some(&another)),
+            Listing::First {
+                day: false,
+                stage: true
+            }
+        );
+        assert_eq!(
+            Listing::classify(&here, None, Some(&staged("r2", None)), Some(&another)),
+            not_in_day
+        );
+        // A mark keeps who counted the text first and where it was listed last.
+        let after = CountedMark::after(Some(&another), &here, "r2");
+        assert_eq!((after.counted_by.as_str(), &after.listed), ("r1", &here));
+        assert_eq!(CountedMark::after(None, &here, "r2").counted_by, "r2");
+        // Archived or staged by an earlier run, listed by this one elsewhere: known by the mark.
+        let relisted = mark("r1", place("r2", None, 1));
+        assert_eq!(
+            Listing::classify(&here, Some(&by_earlier), None, Some(&relisted)),
+            Listing::Again
+        );
+        assert_eq!(
+            Listing::classify(&here, None, Some(&earlier), Some(&relisted)),
+            Listing::Again
+        );
     }
 
     #[test]
@@ -597,6 +878,7 @@ mod tests {
             attachment_chunks: Vec::new(),
             delivered_to: Vec::new(),
             staged_at: None,
+            listed: None,
         };
         assert!(!may_be_delivered(&item, "r2", (0, 5), None));
         assert!(

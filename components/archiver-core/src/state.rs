@@ -24,7 +24,7 @@
 //! | `connector/{id}/pending/{n}` | page `n` of those keys |
 //! | `connector/{id}/folder/{account}` | the archive folder's mailbox id in a destination account |
 //! | `connector/{id}/lease` | the [`crate::lease::Lease`] of the run working on the connector |
-//! | `counted/{id}/{item}` | the run that counted a text it could not stage (invalid, or an attachment that did not match) in its day |
+//! | `counted/{id}/{item}` | the [`CountedMark`] of a text no run could stage (invalid, or an attachment that did not match), or listed by another run than the one that staged it: who counted it in its day, where it was listed last |
 //! | `destination/token` | the destination's access token, sealed (Graph) |
 //! | `timer/last-failure` | the [`TimerFailure`] of the last timer event that could not reach the app |
 //!
@@ -54,7 +54,7 @@ use crate::digest::sha256_hex;
 use crate::mapping::{MappingTable, parse_mapping_csv};
 use crate::merge::merge;
 use crate::phone::Region;
-use crate::pipeline::{ArchivedItem, StagedItem};
+use crate::pipeline::{ArchivedItem, CountedMark, StagedItem};
 pub use crate::runs::Side;
 use crate::runs::{HealthRecord, NotImported, Run};
 use crate::secrets::{NONCE_BYTES, SEAL_OVERHEAD, SecretKey, open_bytes, seal_bytes};
@@ -590,26 +590,22 @@ impl<'a, K: KeyValue> State<'a, K> {
         self.write(&health_key(id), health)
     }
 
-    /// Whether `run` counts the text `item` in its day: it does unless another run did. For
-    /// texts no staged or archived record marks (an invalid one, one whose attachment did not
-    /// match); the first run to ask is recorded as the one that counts it.
-    pub fn counts_text(&self, id: &str, item: &str, run: &str) -> Result<bool, StoreError> {
-        let key = counted_key(id, item);
-        match self.kv.get(&key)? {
-            Some(by) => Ok(by == run.as_bytes()),
-            None => {
-                self.kv.set(&key, run.as_bytes())?;
-                Ok(true)
-            }
-        }
-    }
-
-    /// Whether another run counted the text `item` in its day already (see [`Self::counts_text`]).
-    pub fn counted_by_another(&self, id: &str, item: &str, run: &str) -> Result<bool, StoreError> {
+    /// The [`CountedMark`] of a text: who counted it in its day and where a run listed it last,
+    /// where the text's own staged or archived record cannot say.
+    pub fn counted_mark(&self, id: &str, item: &str) -> Result<Option<CountedMark>, StoreError> {
         Ok(self
             .kv
             .get(&counted_key(id, item))?
-            .is_some_and(|by| by != run.as_bytes()))
+            .map(|bytes| CountedMark::decode(&bytes)))
+    }
+
+    pub fn put_counted_mark(
+        &self,
+        id: &str,
+        item: &str,
+        mark: &CountedMark,
+    ) -> Result<(), StoreError> {
+        self.write(&counted_key(id, item), mark)
     }
 
     /// The last timer event that could not reach the app, if no event got through since.
@@ -927,6 +923,7 @@ impl<K: KeyValue> State<'_, K> {
             let archived = ArchivedItem {
                 run: item.run.clone(),
                 at,
+                listed: item.listed.clone(),
             };
             let value = serde_json::to_vec(&archived).map_err(|e| StoreError(e.to_string()))?;
             records.push((archived_key(id, &item.key), value));
@@ -1315,6 +1312,7 @@ mod tests {
         let attachment = b"SECRET-PHOTO-BYTES".repeat(20_000);
         let item = StagedItem {
             staged_at: None,
+            listed: None,
             key: "k1".into(),
             run: "r1".into(),
             message: message(&sms_record()),

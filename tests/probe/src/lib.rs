@@ -3,6 +3,8 @@
 //! - `op=kv-get|kv-set|kv-delete&store=S&key=K`: key-value access (403 with the error on refusal);
 //! - `op=var&name=N`: a component variable (404 with the error when refused);
 //! - `op=fetch&url=U`: an outbound GET (502 with the error when refused);
+//! - `op=post&url=U`, `op=post-sized&url=U`: the request's body POSTed to U, without and with a
+//!   `Content-Length` (answered as `op=fetch` is);
 //! - `op=count`: how many requests this instance has served (always 1 on a fresh instance);
 //! - `op=spin`: loops forever, for interruption tests;
 //! - no `op`: who answered (the `component_name` variable), the path and the `spin-*` headers.
@@ -32,6 +34,10 @@ async fn handle_probe(request: Request) -> Response {
         }
         "var" => variable(&param("name")),
         "fetch" => fetch(query.split_once("url=").map_or("", |(_, url)| url)).await,
+        "post" | "post-sized" => {
+            let url = query.split_once("url=").map_or("", |(_, url)| url);
+            post(url, request.body().to_vec(), param("op") == "post-sized").await
+        }
         "count" => respond(200, served.to_string()),
         "spin" => spin_forever(),
         _ => who_answered(&request),
@@ -67,7 +73,21 @@ fn variable(name: &str) -> Response {
 
 async fn fetch(url: &str) -> Response {
     let outbound = Request::get(url).build();
-    match spin_sdk::http::send::<_, Response>(outbound).await {
+    relay(spin_sdk::http::send::<_, Response>(outbound).await)
+}
+
+async fn post(url: &str, body: Vec<u8>, sized: bool) -> Response {
+    let mut outbound = Request::builder();
+    outbound.method(spin_sdk::http::Method::Post).uri(url);
+    if sized {
+        outbound.header("content-length", body.len().to_string());
+    }
+    outbound.body(body);
+    relay(spin_sdk::http::send::<_, Response>(outbound.build()).await)
+}
+
+fn relay(answer: Result<Response, spin_sdk::http::SendError>) -> Response {
+    match answer {
         Ok(upstream) => {
             let mut body = format!("{} ", upstream.status()).into_bytes();
             body.extend_from_slice(upstream.body());

@@ -1,47 +1,40 @@
 //! The carrier archive simulator as a standalone server, for trying the archiver locally:
-//! `cargo run -p archiver-tests --bin source-simulator [ADDRESS]` (default 127.0.0.1:8700).
-//! It serves a few sample messages of yesterday under `http://ADDRESS/api` to the account
-//! `demo` / `demo-password`.
+//! `cargo run -p archiver-tests --bin source-simulator [ADDRESS] [DAY]` (default 127.0.0.1:8700,
+//! yesterday in UTC). It serves a few sample texts of `DAY` (`YYYY-MM-DD`) under
+//! `http://ADDRESS/api` to the account `demo` / `demo-password`, and prints the window that
+//! holds them and what archiving it yields, one `name=value` per line.
 
 use archiver_tests::SourceSimulator;
-use chrono::{Duration, SecondsFormat, Utc};
-use serde_json::json;
+use archiver_tests::samples::SampleDay;
+use chrono::{NaiveDate, SecondsFormat, Utc};
 
 #[tokio::main]
 async fn main() {
-    let address = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8700".into());
+    let mut args = std::env::args().skip(1);
+    let address = args.next().unwrap_or_else(|| "127.0.0.1:8700".into());
+    let day = match args.next() {
+        Some(day) => match NaiveDate::parse_from_str(&day, "%Y-%m-%d") {
+            Ok(day) => SampleDay::on(day),
+            Err(e) => {
+                eprintln!("source-simulator: DAY {day:?} is not YYYY-MM-DD: {e}");
+                std::process::exit(2);
+            }
+        },
+        None => SampleDay::before(Utc::now()),
+    };
     let source = SourceSimulator::start_on(&address, "demo", "demo-password").await;
-    let alice =
-        json!({ "phone": "+12025550101", "email": "alice@acme.example", "name": "Alice Ng" });
-    let bob = json!({ "phone": "+12025550102", "email": "bob@acme.example", "name": "Bob Ruiz" });
-    let outside = json!({ "phone": "+13125550199", "email": null, "name": null });
-    let samples = [
-        (
-            "demo-1",
-            "outbound",
-            alice.clone(),
-            vec![outside.clone()],
-            "Running 10 minutes late",
-        ),
-        (
-            "demo-2",
-            "inbound",
-            outside.clone(),
-            vec![alice.clone(), bob.clone()],
-            "See you both at the site",
-        ),
-        ("demo-3", "outbound", bob, vec![alice], "Lunch at noon?"),
-    ];
-    for (n, (id, direction, from, to, body)) in samples.into_iter().enumerate() {
-        let at = (Utc::now() - Duration::hours(20) + Duration::minutes(n as i64 * 7))
-            .to_rfc3339_opts(SecondsFormat::Secs, true);
-        source.add_message(json!({ "id": id, "kind": "sms", "direction": direction,
-            "sent_at": at, "archived_at": at, "from": from, "to": to, "subject": null,
-            "body": body, "attachments": [] }));
+    for message in &day.messages {
+        source.add_message(message.clone());
     }
-    println!(
+    let instant = |at: chrono::DateTime<Utc>| at.to_rfc3339_opts(SecondsFormat::Secs, true);
+    println!("since={}", instant(day.since));
+    println!("until={}", instant(day.until));
+    println!("texts={}", day.messages.len());
+    println!("copies={}", day.copies);
+    println!("reader={}", day.reader);
+    println!("reader_texts={}", day.reader_texts);
+    println!("base_url={}", source.base_url());
+    eprintln!(
         "archive simulator at {} (account demo / demo-password); Ctrl-C stops it",
         source.base_url()
     );
