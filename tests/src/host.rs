@@ -655,13 +655,20 @@ impl wasi_store::HostBucket for State {
 impl atomics::Host for State {
     fn increment(
         &mut self,
-        _bucket: Resource<StoreHandle>,
-        _key: String,
-        _delta: i64,
+        bucket: Resource<StoreHandle>,
+        key: String,
+        delta: i64,
     ) -> wasmtime::Result<Result<i64, wasi_store::Error>> {
-        Ok(Err(wasi_store::Error::Other(
-            "increment is not provided by the test host".into(),
-        )))
+        let label = self.bucket_label(&bucket)?;
+        match self.shared.kv.redis(&label) {
+            Some(redis) => {
+                self.shared.before_write()?;
+                Ok(redis.increment(&key, delta).map_err(wasi_other))
+            }
+            None => Ok(Err(wasi_store::Error::Other(
+                "increment is not provided by the test host on SQLite".into(),
+            ))),
+        }
     }
 
     fn swap(
@@ -670,6 +677,9 @@ impl atomics::Host for State {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), atomics::CasError>> {
         self.shared.before_write()?;
+        if self.table.get(&cas)?.redis.is_some() {
+            return self.redis_swap(cas, &value);
+        }
         let handle = self.table.get(&cas)?;
         let swapped = self.shared.kv.compare_and_swap(
             &handle.label,
@@ -691,6 +701,62 @@ impl atomics::Host for State {
     }
 }
 
+impl State {
+    /// Spin's Redis swap: the transaction, then the `UNWATCH <key>` Redis refuses; on that
+    /// "failure" (always) a new compare-and-swap on the key, watched, is handed back, as Spin's
+    /// host does.
+    fn redis_swap(
+        &mut self,
+        cas: Resource<CasHandle>,
+        value: &[u8],
+    ) -> wasmtime::Result<Result<(), atomics::CasError>> {
+        let handle = self.table.get_mut(&cas)?;
+        let key = handle.key.clone();
+        let label = handle.label.clone();
+        let answer = match handle.redis.as_mut() {
+            Some(connection) => crate::kv::RedisKv::cas_swap(connection, &key, value),
+            None => Err("no connection".into()),
+        };
+        self.table.delete(cas)?;
+        if answer.is_ok() {
+            return Ok(Ok(()));
+        }
+        let renewed = self.redis_cas(label, key);
+        Ok(match renewed {
+            Ok(mut handle) => {
+                let key = handle.key.clone();
+                let watched = match handle.redis.as_mut() {
+                    Some(connection) => crate::kv::RedisKv::cas_current(connection, &key),
+                    None => Err(anyhow::anyhow!("no connection")),
+                };
+                match watched {
+                    Ok(seen) => {
+                        handle.seen = seen;
+                        Err(atomics::CasError::CasFailed(self.table.push(handle)?))
+                    }
+                    Err(e) => Err(atomics::CasError::StoreError(wasi_other(e))),
+                }
+            }
+            Err(e) => Err(atomics::CasError::StoreError(wasi_other(e))),
+        })
+    }
+
+    /// A compare-and-swap on a Redis label, with a connection of its own.
+    fn redis_cas(&self, label: String, key: String) -> anyhow::Result<CasHandle> {
+        let redis = self
+            .shared
+            .kv
+            .redis(&label)
+            .context("the label is not on Redis")?;
+        Ok(CasHandle {
+            redis: Some(redis.cas_connection()?),
+            label,
+            key,
+            seen: None,
+        })
+    }
+}
+
 impl atomics::HostCas for State {
     fn new(
         &mut self,
@@ -698,18 +764,36 @@ impl atomics::HostCas for State {
         key: String,
     ) -> wasmtime::Result<Result<Resource<CasHandle>, wasi_store::Error>> {
         let label = self.bucket_label(&bucket)?;
+        if self.shared.kv.redis(&label).is_some() {
+            return Ok(match self.redis_cas(label, key) {
+                Ok(handle) => Ok(self.table.push(handle)?),
+                Err(e) => Err(wasi_other(e)),
+            });
+        }
         let seen = match self.shared.kv.get(&label, &key) {
             Ok(seen) => seen,
             Err(e) => return Ok(Err(wasi_other(e))),
         };
-        Ok(Ok(self.table.push(CasHandle { label, key, seen })?))
+        Ok(Ok(self.table.push(CasHandle {
+            label,
+            key,
+            seen,
+            redis: None,
+        })?))
     }
 
     fn current(
         &mut self,
         cas: Resource<CasHandle>,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, wasi_store::Error>> {
-        Ok(Ok(self.table.get(&cas)?.seen.clone()))
+        let handle = self.table.get_mut(&cas)?;
+        let key = handle.key.clone();
+        match handle.redis.as_mut() {
+            Some(connection) => {
+                Ok(crate::kv::RedisKv::cas_current(connection, &key).map_err(wasi_other))
+            }
+            None => Ok(Ok(handle.seen.clone())),
+        }
     }
 
     fn drop(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<()> {
@@ -725,6 +809,12 @@ impl batch::Host for State {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, wasi_store::Error>> {
         let label = self.bucket_label(&bucket)?;
+        if keys.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        if let Some(redis) = self.shared.kv.redis(&label) {
+            return Ok(redis.get_many(&keys).map_err(wasi_other));
+        }
         let mut found = Vec::with_capacity(keys.len());
         for key in keys {
             match self.shared.kv.get(&label, &key) {
@@ -1104,9 +1194,71 @@ pub struct AppBuilder {
     listener: Option<std::net::TcpListener>,
     kv_path: Option<PathBuf>,
     extra_stores: Vec<String>,
+    /// `[key_value_store.<label>]` tables of a runtime config file: label, type, url.
+    runtime_stores: Vec<(String, String, String)>,
+    redis: Option<Arc<crate::RedisServer>>,
 }
 
 impl AppBuilder {
+    /// Puts the `default` store on `server` through its runtime config file, as
+    /// `spin up --runtime-config-file runtime-config/redis.toml` does; the app keeps the server
+    /// running.
+    pub fn redis(mut self, server: Arc<crate::RedisServer>) -> anyhow::Result<Self> {
+        self = self.runtime_config(server.runtime_config())?;
+        self.redis = Some(server);
+        Ok(self)
+    }
+
+    /// Uses the key-value store `app` uses (its SQLite file, or its Redis server): another
+    /// deployment of the same app on the same state.
+    pub fn same_store_as(self, app: &App) -> anyhow::Result<Self> {
+        match &app.redis {
+            Some(server) => self.redis(server.clone()),
+            None => Ok(self.kv_file(app.kv_path())),
+        }
+    }
+
+    /// Reads a runtime config file as `spin up --runtime-config-file` does, for its
+    /// `[key_value_store.<label>]` tables: `type = "redis"` with `url` puts the label on that
+    /// Redis server (Spin 3.5's Redis store, see the crate documentation); `type = "spin"` keeps
+    /// it on SQLite. Any other type, or a table without what its type needs, is refused.
+    pub fn runtime_config(mut self, path: impl AsRef<Path>) -> anyhow::Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading runtime config {}", path.display()))?;
+        let config: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let stores = match config.get("key_value_store") {
+            None => return Ok(self),
+            Some(toml::Value::Table(stores)) => stores,
+            Some(_) => bail!("{}: key_value_store must be a table", path.display()),
+        };
+        for (label, store) in stores {
+            let kind = store
+                .get("type")
+                .and_then(toml::Value::as_str)
+                .unwrap_or("");
+            match kind {
+                "redis" => {
+                    let url = store
+                        .get("url")
+                        .and_then(toml::Value::as_str)
+                        .with_context(|| {
+                            format!("key_value_store.{label}: a redis store needs `url`")
+                        })?;
+                    self.runtime_stores
+                        .push((label.clone(), kind.to_string(), url.to_string()));
+                }
+                "spin" => {
+                    self.runtime_stores
+                        .push((label.clone(), kind.to_string(), String::new()))
+                }
+                other => bail!("key_value_store.{label}: type {other:?} is not supported here"),
+            }
+        }
+        Ok(self)
+    }
+
     /// Sets an app variable, as `SPIN_VARIABLE_<NAME>` does for `spin up`.
     pub fn variable(mut self, name: &str, value: impl Into<String>) -> Self {
         self.variables.insert(name.to_string(), value.into());
@@ -1162,6 +1314,7 @@ impl AppBuilder {
 
         let mut known_stores = vec!["default".to_string()];
         known_stores.extend(self.extra_stores);
+        known_stores.extend(self.runtime_stores.iter().map(|(label, ..)| label.clone()));
         for (id, spec) in &manifest.components {
             for label in &spec.key_value_stores {
                 // Spin refuses at start-up a store no runtime config defines.
@@ -1243,10 +1396,16 @@ impl AppBuilder {
             .iter()
             .map(|t| (t.route.clone(), t.component.clone()))
             .collect();
+        let mut kv = KvBackend::open(&kv_path)?;
+        for (label, kind, url) in &self.runtime_stores {
+            if kind == "redis" {
+                kv.use_redis(label, url)?;
+            }
+        }
         let shared = Arc::new(Shared {
             guests,
             routes,
-            kv: KvBackend::open(&kv_path)?,
+            kv,
             known_stores,
             deadline_ticks: AtomicU64::new(ticks(DEFAULT_DEADLINE)),
             writes_before_crash: AtomicI64::new(-1),
@@ -1267,6 +1426,7 @@ impl AppBuilder {
             shared,
             kv_path,
             owns_kv,
+            redis: self.redis,
         };
         if let Some(listener) = self.listener {
             app.serve(listener)?;
@@ -1305,6 +1465,8 @@ pub struct App {
     kv_path: PathBuf,
     /// The store file was made for this app (not given by the test): it goes with the app.
     owns_kv: bool,
+    /// The Redis server the app's store is on, kept running while the app is.
+    redis: Option<Arc<crate::RedisServer>>,
 }
 
 impl Drop for App {
@@ -1319,6 +1481,11 @@ impl Drop for App {
 }
 
 impl App {
+    /// The Redis server the app's store is on, when [`AppBuilder::redis`] put it there.
+    pub fn redis_server(&self) -> Option<&crate::RedisServer> {
+        self.redis.as_deref()
+    }
+
     /// An app from the manifest at `path` (relative to the project root if not absolute).
     pub fn builder(manifest: impl AsRef<Path>) -> AppBuilder {
         let manifest = manifest.as_ref();
@@ -1333,6 +1500,8 @@ impl App {
             listener: None,
             kv_path: None,
             extra_stores: Vec::new(),
+            runtime_stores: Vec::new(),
+            redis: None,
         }
     }
 

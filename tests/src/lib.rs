@@ -7,7 +7,10 @@
 //!   and batch on the same rows) on SQLite in Spin's table layout, opened as Spin opens it
 //!   (default journal and synchronous settings), one file per app shared by all its components,
 //!   stores limited to those a component lists; compare-and-swap is a SQLite transaction, so it
-//!   holds between concurrent invocations;
+//!   holds between concurrent invocations; or, for a label a runtime config file puts there
+//!   ([`AppBuilder::runtime_config`]), on a real Redis server as Spin 3.5's Redis store serves it,
+//!   its faults included (every swap answered "failed", `get-many` as `KEYS`, no key prefix,
+//!   `increment` as `INCRBY`: see `kv::RedisKv`), with [`RedisServer`] to start one;
 //! - variables (`fermyon:spin/variables@2.0.0`): defaults, `required`, `{{ template }}` bindings,
 //!   overrides as `SPIN_VARIABLE_*` would give them;
 //! - outbound HTTP through `wasmtime-wasi-http` with `allowed_outbound_hosts` enforced, plain-HTTP
@@ -28,8 +31,11 @@
 //!   key-value write, to simulate a crash.
 //!
 //! Where it knowingly differs from Spin:
-//! - Spin's other interfaces (SQLite, Redis, LLM, MQTT...) are not provided, nor `wasi:keyvalue`
-//!   `increment` (it answers an error); a component importing them fails to link, loudly;
+//! - Spin's other interfaces (SQLite, outbound Redis, LLM, MQTT...) are not provided, nor
+//!   `wasi:keyvalue` `increment` on SQLite (it answers an error); a component importing them
+//!   fails to link, loudly;
+//! - a Redis label uses a plain connection, opened again after a failure, where Spin keeps a
+//!   connection manager that reconnects in the background: the same commands and answers;
 //! - `wasi:keyvalue` `list-keys` answers every key at once, with no cursor;
 //! - routes with `:name` segments are not supported, and `spin-path-match-*` headers are not set;
 //! - the `spin-client-addr` header is always `127.0.0.1:0`;
@@ -47,6 +53,7 @@ mod host;
 mod kv;
 pub mod manifest;
 mod outbound;
+mod redis_server;
 pub mod samples;
 mod simulator;
 mod variables;
@@ -56,6 +63,7 @@ pub use host::{
     App, AppBuilder, Rewrite, RewriteFn, SimulatedCrash, TestResponse, is_interrupted,
     is_simulated_crash,
 };
+pub use redis_server::RedisServer;
 pub use simulator::{Fault, SourceSimulator};
 
 use anyhow::Context;

@@ -46,7 +46,7 @@ fn archiver(source: &SourceSimulator, graph: &GraphServer, variables: &[(&str, &
     for (name, value) in variables {
         builder = builder.variable(name, *value);
     }
-    builder.build().unwrap()
+    crate::util::on_store(builder).build().unwrap()
 }
 
 async fn set_up(app: &App, source: &SourceSimulator) {

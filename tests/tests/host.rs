@@ -419,3 +419,66 @@ async fn cron_triggers_fire_on_their_schedule() {
     assert!(fired[0].1 >= started, "{fired:?} from {started}");
     assert!(fired[1].1 > fired[0].1, "{fired:?}");
 }
+
+/// The probe app with its `default` store on a Redis server of its own.
+fn probe_on_redis(server: std::net::SocketAddr) -> App {
+    let redis = std::sync::Arc::new(archiver_tests::RedisServer::start().unwrap());
+    archiver_tests::App::builder("tests/probe/spin.toml")
+        .variable("probe_secret", "s3cret-probe")
+        .variable("upstream_origin", format!("http://{server}"))
+        .redis(redis)
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spins_redis_store_answers_every_swap_failed_even_when_it_wrote() {
+    let server = upstream().await;
+    // On SQLite a swap's answer is true: one swap, written.
+    let sqlite = probe_app(server);
+    let added = sqlite.get("/probe/x?op=cas-add&key=n").await.unwrap();
+    assert_eq!(added.text(), "swaps 1, ok, value 1");
+
+    // On Spin 3.5's Redis store the swap writes, then answers "failed" (its UNWATCH takes an
+    // argument Redis refuses): a client that trusts the answer adds 1 on every try.
+    let redis = probe_on_redis(server);
+    let added = redis.get("/probe/x?op=cas-add&key=n").await.unwrap();
+    assert_eq!(added.text(), "swaps 5, failed, value 5");
+    assert_eq!(redis.kv_get("default", "n").unwrap().unwrap(), b"5");
+
+    // get-many is `KEYS k1 k2`: refused by Redis.
+    redis.kv_set("default", "k", b"v").unwrap();
+    let many = redis.get("/probe/x?op=get-many&key=k").await.unwrap();
+    assert_eq!(many.status, 500, "{}", many.text());
+    let many = sqlite.get("/probe/x?op=get-many&key=k").await.unwrap();
+    assert_eq!((many.status, many.text().as_str()), (200, "k=,k-other="));
+
+    // Keys carry no prefix of the label: they are the Redis keys themselves.
+    let server = redis.redis_server().unwrap();
+    let mut direct = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let raw: Option<Vec<u8>> = redis::cmd("GET").arg("n").query(&mut direct).unwrap();
+    assert_eq!(raw.as_deref(), Some(&b"5"[..]));
+}
+
+#[test]
+fn the_redis_runtime_config_in_the_repository_is_one_spin_up_takes() {
+    let path = archiver_tests::project_root().join("runtime-config/redis.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let config: toml::Table = toml::from_str(&text).unwrap();
+    let store = &config["key_value_store"]["default"];
+    assert_eq!(store["type"].as_str(), Some("redis"));
+    assert!(
+        store["url"]
+            .as_str()
+            .is_some_and(|url| url.starts_with("redis://")),
+        "{store}"
+    );
+    // The test host reads it as `spin up --runtime-config-file` does.
+    archiver_tests::App::builder("spin.toml")
+        .runtime_config(&path)
+        .unwrap();
+}

@@ -10,7 +10,7 @@ use archiver_tests::{App, Fault, Rewrite, SourceSimulator};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::util::{JMAP_PASSWORD, JMAP_SESSION_URL, JMAP_USER, Jmap};
+use crate::util::{JMAP_PASSWORD, JMAP_SESSION_URL, JMAP_USER, Jmap, on_store};
 
 pub(crate) const TOKEN: &str = "pipeline-admin-token";
 pub(crate) const CONNECTOR: &str = "att-pipeline";
@@ -574,7 +574,7 @@ fn archiver_with(source: &SourceSimulator, variables: &[(&str, &str)]) -> App {
     for (name, value) in variables {
         builder = builder.variable(name, *value);
     }
-    builder.build().unwrap()
+    on_store(builder).build().unwrap()
 }
 
 pub(crate) fn builder(
@@ -596,18 +596,21 @@ pub(crate) fn builder(
         .variable("jmap_password", JMAP_PASSWORD)
 }
 
-/// The archiver on the test host, reading `source` and delivering to `session_url`.
+/// The archiver on the test host, reading `source` and delivering to `session_url`; on the
+/// store of `same_store_as` when given (another deployment on the same state).
 fn archiver_at(
     source: &SourceSimulator,
     origin: &str,
     session_url: &str,
-    kv: Option<&std::path::Path>,
+    same_store_as: Option<&App>,
 ) -> App {
-    let mut builder = builder(source, origin, session_url);
-    if let Some(kv) = kv {
-        builder = builder.kv_file(kv);
+    let builder = builder(source, origin, session_url);
+    match same_store_as {
+        Some(app) => builder.same_store_as(app).unwrap(),
+        None => on_store(builder),
     }
-    builder.build().unwrap()
+    .build()
+    .unwrap()
 }
 
 /// The daily timer fires as Spin's cron trigger fires it: the timer component hands the event to
@@ -786,7 +789,7 @@ async fn source_and_destination_failures_lose_nothing_and_are_caught_up() {
         &source,
         "http://127.0.0.1:18080",
         JMAP_SESSION_URL,
-        Some(app.kv_path()),
+        Some(&app),
     );
     assert_eq!(
         fire_timer(&recovered, TIMER + 86_400).await.unwrap(),
@@ -1728,7 +1731,8 @@ async fn an_item_undelivered_past_the_retention_is_purged_and_reported() {
 
     // Later, with a retention the staged items have outlived, the next run purges them.
     let later = builder(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL)
-        .kv_file(app.kv_path())
+        .same_store_as(&app)
+        .unwrap()
         .variable("staging_retention_days", "0")
         .build()
         .unwrap();
@@ -1908,7 +1912,8 @@ async fn a_timer_that_cannot_reach_the_app_shows_in_the_connectors_health_until_
     create_connector(&app, &source, "att-timer").await;
     // The same deployment, its timer pointed at an origin nothing listens on.
     let misdirected = builder(&source, "http://127.0.0.1:18080", JMAP_SESSION_URL)
-        .kv_file(app.kv_path())
+        .same_store_as(&app)
+        .unwrap()
         .variable("app_origin", "http://127.0.0.1:9")
         .variable("timer_retry_seconds", "1")
         .build()

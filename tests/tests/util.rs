@@ -144,3 +144,16 @@ impl Jmap {
         response[1].clone()
     }
 }
+
+/// Where the scenarios keep the app's key-value store: SQLite (Spin's default), or Redis as
+/// Spin's runtime config file puts it there when `ARCHIVER_TEST_KV=redis` (the test command runs
+/// the pipeline and Graph scenarios both ways), each app on a server of its own.
+pub fn on_store(builder: archiver_tests::AppBuilder) -> archiver_tests::AppBuilder {
+    if std::env::var("ARCHIVER_TEST_KV").as_deref() != Ok("redis") {
+        return builder;
+    }
+    let server = archiver_tests::RedisServer::start().expect("redis-server starts");
+    builder
+        .redis(std::sync::Arc::new(server))
+        .expect("the runtime config loads")
+}

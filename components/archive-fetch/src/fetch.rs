@@ -108,6 +108,7 @@ pub async fn start_timer_runs(timestamp: u64) -> anyhow::Result<StartedRuns> {
             error: None,
             progress: Default::default(),
             days: Some(Default::default()),
+            writes: Vec::new(),
         };
         match archive_host::lease::take(&connector.id, &run.id, now) {
             Ok(Ok(())) => {

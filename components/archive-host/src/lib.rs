@@ -58,38 +58,74 @@ impl KeyValue for SpinStore {
     }
 
     /// `wasi:keyvalue/atomics` compare-and-swap, asked again while another writer gets in
-    /// between (a run's fetch and import steps write its record at the same time).
+    /// between (a run's fetch and import steps write its record at the same time); a swap
+    /// answered "failed" is read back first, as Spin's Redis store answers so to every swap
+    /// (see [`archiver_core::swap`]).
     fn update(
         &self,
         key: &str,
         change: &mut archiver_core::state::Change<'_>,
+        landed: &archiver_core::state::Landed<'_>,
     ) -> Result<Vec<u8>, StoreError> {
-        use spin_sdk::wit::wasi::keyvalue::atomics;
-        let bucket = wasi_bucket()?;
-        for _ in 0..UPDATE_ATTEMPTS {
-            let cas = atomics::Cas::new(&bucket, key)
-                .map_err(|e| StoreError(format!("update {key}: {e:?}")))?;
-            let current = cas
-                .current()
-                .map_err(|e| StoreError(format!("update {key}: {e:?}")))?;
-            let value = change(current.as_deref())?;
-            match atomics::swap(cas, &value) {
-                Ok(()) => return Ok(value),
-                Err(atomics::CasError::CasFailed(_)) => continue,
-                Err(atomics::CasError::StoreError(e)) => {
-                    return Err(StoreError(format!("update {key}: {e:?}")));
-                }
-            }
+        archiver_core::swap::update(&WasiSwap::open()?, key, UPDATE_ATTEMPTS, change, landed)
+    }
+
+    fn write_id(&self) -> String {
+        // Without randomness (never seen on Spin) the clock tells writes apart well enough.
+        match random_bytes::<16>() {
+            Ok(bytes) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            Err(_) => format!(
+                "t{}",
+                chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+            ),
         }
-        Err(StoreError(format!(
-            "update {key}: other writers changed it {UPDATE_ATTEMPTS} times in a row"
-        )))
     }
 }
 
 /// How often [`SpinStore::update`] tries before it gives up: two writers (a run's fetch and
 /// import) meet now and then, never for long.
 const UPDATE_ATTEMPTS: usize = 20;
+
+/// `wasi:keyvalue/atomics` on the `default` store, for [`archiver_core::swap`].
+pub struct WasiSwap {
+    bucket: spin_sdk::wit::wasi::keyvalue::store::Bucket,
+}
+
+impl WasiSwap {
+    pub fn open() -> Result<WasiSwap, StoreError> {
+        Ok(WasiSwap {
+            bucket: wasi_bucket()?,
+        })
+    }
+}
+
+impl archiver_core::swap::Swap for WasiSwap {
+    type Handle = spin_sdk::wit::wasi::keyvalue::atomics::Cas;
+
+    fn begin(&self, key: &str) -> Result<(Self::Handle, Option<Vec<u8>>), StoreError> {
+        use spin_sdk::wit::wasi::keyvalue::atomics::Cas;
+        let cas = Cas::new(&self.bucket, key).map_err(|e| StoreError(format!("{key}: {e:?}")))?;
+        let current = cas
+            .current()
+            .map_err(|e| StoreError(format!("{key}: {e:?}")))?;
+        Ok((cas, current))
+    }
+
+    fn swap(&self, cas: Self::Handle, value: &[u8]) -> Result<bool, StoreError> {
+        use spin_sdk::wit::wasi::keyvalue::atomics;
+        match atomics::swap(cas, value) {
+            Ok(()) => Ok(true),
+            Err(atomics::CasError::CasFailed(_)) => Ok(false),
+            Err(atomics::CasError::StoreError(e)) => Err(StoreError(format!("swap: {e:?}"))),
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bucket
+            .get(key)
+            .map_err(|e| StoreError(format!("get {key}: {e:?}")))
+    }
+}
 
 /// The `default` store as a `wasi:keyvalue` bucket (the same data as [`SpinStore`]).
 fn wasi_bucket() -> Result<spin_sdk::wit::wasi::keyvalue::store::Bucket, StoreError> {
@@ -530,14 +566,14 @@ pub mod graph {
     }
 }
 
-/// The connector's lease, through `wasi:keyvalue` compare-and-swap on the `default` store.
+/// The connector's lease, through `wasi:keyvalue` compare-and-swap on the `default` store (a
+/// swap answered "failed" read back, see [`archiver_core::lease::swap_lease`]).
 pub mod lease {
-    use archiver_core::lease::{self, Lease, LeaseDecision};
+    use archiver_core::lease::{self, Lease, LeaseSwap};
     use chrono::{DateTime, Utc};
-    use spin_sdk::wit::wasi::keyvalue::{atomics, store};
 
-    fn bucket() -> Result<store::Bucket, String> {
-        store::open("default").map_err(|e| format!("opening the default store: {e:?}"))
+    fn store() -> Result<super::WasiSwap, String> {
+        super::WasiSwap::open().map_err(|e| format!("lease: {e}"))
     }
 
     /// Takes or renews the lease of `connector` for `holder`: `Ok(Err(lease))` when another run
@@ -547,7 +583,8 @@ pub mod lease {
         holder: &str,
         now: DateTime<Utc>,
     ) -> Result<Result<(), Lease>, String> {
-        swap_in(connector, holder, now, lease::acquire)
+        lease::swap_lease(&store()?, connector, holder, now, LeaseSwap::Acquire)
+            .map_err(|e| format!("lease: {e}"))
     }
 
     /// Takes the lease of `connector` for a run starting now: `Ok(Err(lease))` when any run
@@ -557,40 +594,9 @@ pub mod lease {
         holder: &str,
         now: DateTime<Utc>,
     ) -> Result<Result<(), Lease>, String> {
-        swap_in(connector, holder, now, lease::take)
+        lease::swap_lease(&store()?, connector, holder, now, LeaseSwap::Take)
+            .map_err(|e| format!("lease: {e}"))
     }
-
-    fn swap_in(
-        connector: &str,
-        holder: &str,
-        now: DateTime<Utc>,
-        decide: lease::Decide,
-    ) -> Result<Result<(), Lease>, String> {
-        let bucket = bucket()?;
-        let key = lease::lease_key(connector);
-        // A lost swap is decided again on the value that won: the same run renewing from its
-        // fetch and its import at once keeps its lease; another run's is refused.
-        for _ in 0..SWAP_ATTEMPTS {
-            let cas = atomics::Cas::new(&bucket, &key).map_err(|e| format!("lease: {e:?}"))?;
-            let current = cas.current().map_err(|e| format!("lease: {e:?}"))?;
-            match decide(current.as_deref(), holder, now, lease::LEASE_DURATION) {
-                LeaseDecision::HeldBy(other) => return Ok(Err(other)),
-                LeaseDecision::Write(value) => match atomics::swap(cas, &value) {
-                    Ok(()) => return Ok(Ok(())),
-                    Err(atomics::CasError::CasFailed(_)) => continue,
-                    Err(atomics::CasError::StoreError(e)) => return Err(format!("lease: {e:?}")),
-                },
-            }
-        }
-        let stored = bucket.get(&key).map_err(|e| format!("lease: {e:?}"))?;
-        Ok(Err(lease::decode(stored.as_deref()).unwrap_or(Lease {
-            holder: "another run".into(),
-            expires_at: now + lease::LEASE_DURATION,
-        })))
-    }
-
-    /// How often a lease swap is decided again after losing to another writer.
-    const SWAP_ATTEMPTS: usize = 5;
 
     /// Renews the lease `holder` holds; an error when it cannot, above all when another run
     /// has taken it: the holder must then stop writing.
@@ -601,20 +607,9 @@ pub mod lease {
         }
     }
 
-    /// Gives the lease up if `holder` holds it; a lost race means someone else holds it now,
-    /// which is no error.
+    /// Gives the lease up if `holder` holds it; someone else holding it now is no error.
     pub fn release(connector: &str, holder: &str, now: DateTime<Utc>) -> Result<(), String> {
-        let bucket = bucket()?;
-        let cas = atomics::Cas::new(&bucket, &lease::lease_key(connector))
-            .map_err(|e| format!("lease: {e:?}"))?;
-        let current = cas.current().map_err(|e| format!("lease: {e:?}"))?;
-        match lease::release(current.as_deref(), holder, now) {
-            None => Ok(()),
-            Some(value) => match atomics::swap(cas, &value) {
-                Ok(()) | Err(atomics::CasError::CasFailed(_)) => Ok(()),
-                Err(atomics::CasError::StoreError(e)) => Err(format!("lease: {e:?}")),
-            },
-        }
+        lease::swap_release(&store()?, connector, holder, now).map_err(|e| format!("lease: {e}"))
     }
 }
 

@@ -284,6 +284,7 @@ pub async fn start_run(id: &str, request: &Request) -> Result<Response, ApiError
         error: None,
         progress: Default::default(),
         days: Some(Default::default()),
+        writes: Vec::new(),
     };
     state.put_run(&run)?;
     let start = SourceRequest {

@@ -8,6 +8,9 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::state::StoreError;
+use crate::swap::{Decision, Outcome, Swap, decide_and_swap};
+
 /// How long a lease lasts unless renewed; every step of a run renews it, and a step is bounded
 /// well below this.
 pub const LEASE_DURATION: Duration = Duration::minutes(10);
@@ -86,6 +89,88 @@ pub fn release(current: Option<&[u8]>, holder: &str, now: DateTime<Utc>) -> Opti
         })),
         _ => None,
     }
+}
+
+/// How often a lease swap is decided again after losing to another writer.
+const SWAP_ATTEMPTS: usize = 5;
+
+/// What [`swap_lease`] does with the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseSwap {
+    /// Take a free lease or renew our own ([`acquire`]).
+    Acquire,
+    /// Take a free lease for a run starting now ([`take`]).
+    Take,
+}
+
+/// Takes or renews the lease of `connector` for `holder` by the store's compare-and-swap:
+/// `Ok(Err(lease))` when another run holds it (also when that run took it between our read
+/// and our swap). A swap answered "failed" is read back (see [`crate::swap`]): a renewal landed
+/// when the holder's lease lasts at least as long as the one written (the run's other side may
+/// have renewed it since); a take only if the very value written is there, since the other
+/// writer may be a second start of the same run.
+pub fn swap_lease<S: Swap>(
+    store: &S,
+    connector: &str,
+    holder: &str,
+    now: DateTime<Utc>,
+    kind: LeaseSwap,
+) -> Result<Result<(), Lease>, StoreError> {
+    let (decide, taking): (Decide, bool) = match kind {
+        LeaseSwap::Acquire => (acquire, false),
+        LeaseSwap::Take => (take, true),
+    };
+    let landed = |read_back: Option<&[u8]>, written: &[u8]| match taking {
+        true => read_back == Some(written),
+        false => match (decode(read_back), decode(Some(written))) {
+            (Some(now), Some(written)) => {
+                now.holder == written.holder && now.expires_at >= written.expires_at
+            }
+            _ => false,
+        },
+    };
+    let outcome = decide_and_swap(
+        store,
+        &lease_key(connector),
+        SWAP_ATTEMPTS,
+        &mut |current| {
+            Ok(match decide(current, holder, now, LEASE_DURATION) {
+                LeaseDecision::HeldBy(other) => Decision::Done(Err(other)),
+                LeaseDecision::Write(value) => Decision::Write(value),
+            })
+        },
+        &landed,
+    )?;
+    Ok(match outcome {
+        Outcome::Written(_) => Ok(()),
+        Outcome::Done(held) => held,
+    })
+}
+
+/// Gives the lease of `connector` up if `holder` holds it, by compare-and-swap; done when the
+/// store then shows it free of `holder` (whoever freed it).
+pub fn swap_release<S: Swap>(
+    store: &S,
+    connector: &str,
+    holder: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let still_held = |value: Option<&[u8]>| {
+        decode(value).is_some_and(|lease| lease.holder == holder && lease.expires_at > now)
+    };
+    decide_and_swap(
+        store,
+        &lease_key(connector),
+        SWAP_ATTEMPTS,
+        &mut |current| {
+            Ok(match release(current, holder, now) {
+                None => Decision::Done(()),
+                Some(value) => Decision::Write(value),
+            })
+        },
+        &|read_back, _| !still_held(read_back),
+    )
+    .map(drop)
 }
 
 fn encode(lease: &Lease) -> Vec<u8> {
@@ -181,6 +266,54 @@ mod tests {
         let theirs = stored("run-b", "2026-11-26T02:03:00Z");
         assert_eq!(release(Some(&theirs), "run-a", now), None);
         assert_eq!(release(None, "run-a", now), None);
+    }
+
+    #[test]
+    fn on_a_store_that_answers_every_swap_failed_the_lease_is_taken_renewed_and_released_once() {
+        use crate::state::KeyValue;
+        use crate::swap::testing::LyingSwap;
+        let store = LyingSwap::default();
+        let now = at("2026-11-26T02:00:00Z");
+        assert_eq!(
+            swap_lease(&store, "c", "run-a", now, LeaseSwap::Take).unwrap(),
+            Ok(())
+        );
+        assert_eq!(*store.swaps.borrow(), 1, "taken at the first swap");
+        // A second start of the same run finds the lease held, as another run would.
+        let again = swap_lease(&store, "c", "run-a", now, LeaseSwap::Take).unwrap();
+        assert_eq!(again.unwrap_err().holder, "run-a");
+        assert_eq!(
+            swap_lease(&store, "c", "run-a", now, LeaseSwap::Acquire).unwrap(),
+            Ok(())
+        );
+        let refused = swap_lease(&store, "c", "run-b", now, LeaseSwap::Acquire).unwrap();
+        assert_eq!(refused.unwrap_err().holder, "run-a");
+        assert_eq!(*store.swaps.borrow(), 2, "each write swapped once");
+
+        // The run's other side renews between our read and our swap: ours did not land (the
+        // key changed), but the holder's lease lasts longer than ours would: renewed.
+        let later = now + Duration::seconds(30);
+        *store.other.borrow_mut() = Some(Box::new(move |s| {
+            s.set(
+                &lease_key("c"),
+                &encode(&Lease {
+                    holder: "run-a".into(),
+                    expires_at: later + LEASE_DURATION,
+                }),
+            )
+            .unwrap()
+        }));
+        assert_eq!(
+            swap_lease(&store, "c", "run-a", now, LeaseSwap::Acquire).unwrap(),
+            Ok(())
+        );
+        assert_eq!(*store.swaps.borrow(), 3);
+
+        swap_release(&store, "c", "run-a", later).unwrap();
+        assert_eq!(
+            swap_lease(&store, "c", "run-b", later, LeaseSwap::Take).unwrap(),
+            Ok(())
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod secrets;
 pub mod source;
 pub mod source_client;
 pub mod state;
+pub mod swap;
 pub mod timer;
 
 #[cfg(test)]

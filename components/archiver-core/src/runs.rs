@@ -96,6 +96,11 @@ pub struct Run {
     /// step done again never counts twice. `None`: a run recorded before days were counted so.
     #[serde(default)]
     pub days: Option<BTreeMap<NaiveDate, Figures>>,
+    /// The ids of the last compare-and-swap writes of this record, newest last: a writer whose
+    /// swap got an answer it cannot trust reads the record back and finds its id here if its
+    /// write landed (see [`crate::state::KeyValue::update`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<String>,
 }
 
 /// A run's stage.
@@ -519,6 +524,7 @@ mod tests {
             error: None,
             progress: Progress::default(),
             days: None,
+            writes: Vec::new(),
         }
     }
 

@@ -93,6 +93,15 @@ pub struct StoreError(pub String);
 /// What [`KeyValue::update`] makes of a key's value (`None`: no value).
 pub type Change<'a> = dyn FnMut(Option<&[u8]>) -> Result<Vec<u8>, StoreError> + 'a;
 
+/// How [`KeyValue::update`] tells whether a value it swapped in landed, from the key read back
+/// after a swap whose answer it cannot trust: `landed(read_back, written)`. It must hold when
+/// the write landed, also when another writer has since changed the value over it.
+pub type Landed<'a> = dyn Fn(Option<&[u8]>, &[u8]) -> bool + 'a;
+
+/// How many write ids a record changed by compare-and-swap keeps (see [`KeyValue::update`]):
+/// far more than the writers that can meet on one record between a swap and its read-back.
+pub const WRITE_HISTORY: usize = 16;
+
 /// The key-value operations the core needs; the component implements them on Spin's store.
 pub trait KeyValue {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -114,11 +123,69 @@ pub trait KeyValue {
 
     /// Sets `key` to what `change` makes of its value, by compare-and-swap: when another writer
     /// changed the value meanwhile, `change` is asked again with the new value. Answers the
-    /// value written. A store without other writers may read and write plainly (the default).
-    fn update(&self, key: &str, change: &mut Change<'_>) -> Result<Vec<u8>, StoreError> {
+    /// value written. A store whose swap may answer "failed" for a write that landed (Spin's
+    /// Redis store answers so to every swap) reads the key back and asks `landed` instead of
+    /// trying again blind. A store without other writers may read and write plainly (the
+    /// default).
+    fn update(
+        &self,
+        key: &str,
+        change: &mut Change<'_>,
+        landed: &Landed<'_>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let _ = landed;
         let value = change(self.get(key)?.as_deref())?;
         self.set(key, &value)?;
         Ok(value)
+    }
+
+    /// An id no other write of any writer has, for [`Landed`] checks. The default is unique
+    /// within this process, which is enough for a store only this process writes; a shared
+    /// store's implementation gives a random one.
+    fn write_id(&self) -> String {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("local-{n:x}")
+    }
+}
+
+/// `history` with `id` added last, the oldest dropped past [`WRITE_HISTORY`].
+pub fn with_write(history: &[String], id: &str) -> Vec<String> {
+    let keep = history.len().min(WRITE_HISTORY - 1);
+    let mut writes = history[history.len() - keep..].to_vec();
+    writes.push(id.to_string());
+    writes
+}
+
+/// The pending list's page count as stored: with the ids of its last writes (a bare number
+/// before they were kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "PendingCountStored")]
+struct PendingCount {
+    pages: usize,
+    writes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PendingCountStored {
+    Bare(usize),
+    Kept {
+        pages: usize,
+        #[serde(default)]
+        writes: Vec<String>,
+    },
+}
+
+impl From<PendingCountStored> for PendingCount {
+    fn from(stored: PendingCountStored) -> PendingCount {
+        match stored {
+            PendingCountStored::Bare(pages) => PendingCount {
+                pages,
+                writes: Vec::new(),
+            },
+            PendingCountStored::Kept { pages, writes } => PendingCount { pages, writes },
+        }
     }
 }
 
@@ -459,27 +526,39 @@ impl<'a, K: KeyValue> State<'a, K> {
         before: &mut dyn FnMut(Option<&Run>) -> Result<(), StoreError>,
     ) -> Result<Run, StoreError> {
         let key = run_key(&run.connector, &run.id);
-        let written = self.kv.update(&key, &mut |current| {
-            let current: Option<Run> = current
-                .map(serde_json::from_slice)
-                .transpose()
-                .map_err(|e| StoreError(format!("record {key} is unreadable: {e}")))?;
-            before(current.as_ref())?;
-            let merged = match &current {
-                None => run.clone(),
-                Some(current) => {
-                    let mut merged = merged_run(base, run, current)?;
-                    if current.state.is_terminal() {
-                        merged.state = current.state;
-                        merged.finished_at = current.finished_at;
-                        merged.error = current.error.clone();
-                        merged.progress.phase = current.progress.phase;
+        let write = self.kv.write_id();
+        let landed = |read_back: Option<&[u8]>, _: &[u8]| {
+            read_back
+                .and_then(|bytes| serde_json::from_slice::<Run>(bytes).ok())
+                .is_some_and(|now| now.writes.contains(&write))
+        };
+        let written = self.kv.update(
+            &key,
+            &mut |current| {
+                let current: Option<Run> = current
+                    .map(serde_json::from_slice)
+                    .transpose()
+                    .map_err(|e| StoreError(format!("record {key} is unreadable: {e}")))?;
+                before(current.as_ref())?;
+                let merged = match &current {
+                    None => run.clone(),
+                    Some(current) => {
+                        let mut merged = merged_run(base, run, current)?;
+                        if current.state.is_terminal() {
+                            merged.state = current.state;
+                            merged.finished_at = current.finished_at;
+                            merged.error = current.error.clone();
+                            merged.progress.phase = current.progress.phase;
+                        }
+                        merged
                     }
-                    merged
-                }
-            };
-            serde_json::to_vec(&merged).map_err(|e| StoreError(e.to_string()))
-        })?;
+                };
+                let mut merged = merged;
+                merged.writes = with_write(current.as_ref().map_or(&[], |c| &c.writes), &write);
+                serde_json::to_vec(&merged).map_err(|e| StoreError(e.to_string()))
+            },
+            &landed,
+        )?;
         serde_json::from_slice(&written)
             .map_err(|e| StoreError(format!("record {key} as merged is unreadable: {e}")))
     }
@@ -736,7 +815,9 @@ impl<K: KeyValue> State<'_, K> {
     /// Items an import kept staged (the destination failed for a copy), for the next run to
     /// take over: a page count and pages, appended to and cleared as a whole, never rewritten.
     pub fn pending_pages(&self, id: &str) -> Result<usize, StoreError> {
-        Ok(self.read(&pending_key(id))?.unwrap_or(0))
+        Ok(self
+            .read::<PendingCount>(&pending_key(id))?
+            .map_or(0, |count| count.pages))
     }
 
     /// Page `n` of the list; a page whose writer stopped before writing it reads as empty (its
@@ -755,16 +836,29 @@ impl<K: KeyValue> State<'_, K> {
             return Ok(());
         }
         let key = pending_key(id);
-        let reserved = self.kv.update(&key, &mut |current| {
-            let count: usize = match current {
-                None => 0,
-                Some(bytes) => serde_json::from_slice(bytes)
-                    .map_err(|e| StoreError(format!("record {key} is unreadable: {e}")))?,
-            };
-            serde_json::to_vec(&(count + pages.len())).map_err(|e| StoreError(e.to_string()))
-        })?;
-        let end: usize = serde_json::from_slice(&reserved)
-            .map_err(|e| StoreError(format!("record {key} is unreadable: {e}")))?;
+        let write = self.kv.write_id();
+        let read = |bytes: &[u8]| -> Result<PendingCount, StoreError> {
+            serde_json::from_slice(bytes)
+                .map_err(|e| StoreError(format!("record {key} is unreadable: {e}")))
+        };
+        let landed = |read_back: Option<&[u8]>, _: &[u8]| {
+            read_back
+                .and_then(|bytes| read(bytes).ok())
+                .is_some_and(|now| now.writes.contains(&write))
+        };
+        let reserved = self.kv.update(
+            &key,
+            &mut |current| {
+                let count = current.map(read).transpose()?.unwrap_or_default();
+                let next = PendingCount {
+                    pages: count.pages + pages.len(),
+                    writes: with_write(&count.writes, &write),
+                };
+                serde_json::to_vec(&next).map_err(|e| StoreError(e.to_string()))
+            },
+            &landed,
+        )?;
+        let end = read(&reserved)?.pages;
         let first = end - pages.len();
         for (n, page) in pages.iter().enumerate() {
             self.kv.set(&format!("{key}/{}", first + n), page)?;
@@ -1095,7 +1189,12 @@ mod tests {
         fn delete(&self, key: &str) -> Result<(), StoreError> {
             self.store.delete(key)
         }
-        fn update(&self, key: &str, change: &mut Change<'_>) -> Result<Vec<u8>, StoreError> {
+        fn update(
+            &self,
+            key: &str,
+            change: &mut Change<'_>,
+            _landed: &Landed<'_>,
+        ) -> Result<Vec<u8>, StoreError> {
             loop {
                 let read = self.store.get(key)?;
                 let value = change(read.as_deref())?;
@@ -1181,6 +1280,63 @@ mod tests {
             ["m-1", "m-2"],
             "both sides' records, in the order made"
         );
+    }
+
+    #[test]
+    fn on_a_store_that_answers_every_swap_failed_each_commit_counts_once() {
+        use crate::swap::testing::LyingSwap;
+        let store = LyingSwap::default();
+        let state = State::new(&store);
+        let mut run = crate::testing::run("c", "r");
+        run.state = crate::runs::RunState::Running;
+        run.figures.fetched = 2;
+        state.put_run(&run).unwrap();
+
+        // The import commits between the fetch's read and its swap: the fetch's first write
+        // does not land, and is made again over the import's.
+        let (mut fetch_base, mut fetch) = (run.clone(), run.clone());
+        fetch.figures.fetched += 2;
+        let (mut import_base, mut import) = (run.clone(), run.clone());
+        import.figures.imported += 2;
+        *store.other.borrow_mut() = Some(Box::new(move |s: &MemoryStore| {
+            let state = State::new(s);
+            state.commit_run(&mut import_base, &mut import).unwrap();
+        }));
+        assert_eq!(
+            state.commit_run(&mut fetch_base, &mut fetch).unwrap(),
+            Commit::Written
+        );
+        let stored = state.run("c", "r").unwrap().unwrap();
+        assert_eq!((stored.figures.fetched, stored.figures.imported), (4, 2));
+        assert_eq!(stored.writes.len(), 2, "{:?}", stored.writes);
+        assert_eq!(
+            *store.swaps.borrow(),
+            2,
+            "the fetch's lost write made once more"
+        );
+
+        // Commits that land are never made again, however the store answers.
+        for _ in 0..3 {
+            fetch.figures.fetched += 1;
+            state.commit_run(&mut fetch_base, &mut fetch).unwrap();
+        }
+        let stored = state.run("c", "r").unwrap().unwrap();
+        assert_eq!(stored.figures.fetched, 7);
+        assert_eq!(*store.swaps.borrow(), 5);
+
+        state
+            .append_pending("c", &["a".into(), "b".into()])
+            .unwrap();
+        state.append_pending("c", &["c".into()]).unwrap();
+        assert_eq!(state.pending_pages("c").unwrap(), 2);
+        assert_eq!(all_pending(&state), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_pending_count_stored_as_a_bare_number_is_read() {
+        let store = MemoryStore::default();
+        store.set(&pending_key("c"), b"3").unwrap();
+        assert_eq!(State::new(&store).pending_pages("c").unwrap(), 3);
     }
 
     #[test]

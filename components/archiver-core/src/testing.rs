@@ -42,5 +42,6 @@ pub fn run(connector: &str, id: &str) -> crate::runs::Run {
         error: None,
         progress: Progress::default(),
         days: Some(Default::default()),
+        writes: Vec::new(),
     }
 }

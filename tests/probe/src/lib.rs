@@ -5,6 +5,10 @@
 //! - `op=fetch&url=U`: an outbound GET (502 with the error when refused);
 //! - `op=post&url=U`, `op=post-sized&url=U`: the request's body POSTed to U, without and with a
 //!   `Content-Length` (answered as `op=fetch` is);
+//! - `op=cas-add&key=K`: adds 1 to the number at K (default store) by `wasi:keyvalue/atomics`
+//!   compare-and-swap, trying again on every "failed" answer, at most 5 times, as a client that
+//!   trusts the answer does: `swaps N, ok|failed, value V`;
+//! - `op=get-many&key=K`: `wasi:keyvalue/batch` `get-many` of K and `K-other`;
 //! - `op=count`: how many requests this instance has served (always 1 on a fresh instance);
 //! - `op=spin`: loops forever, for interruption tests;
 //! - no `op`: who answered (the `component_name` variable), the path and the `spin-*` headers.
@@ -38,6 +42,8 @@ async fn handle_probe(request: Request) -> Response {
             let url = query.split_once("url=").map_or("", |(_, url)| url);
             post(url, request.body().to_vec(), param("op") == "post-sized").await
         }
+        "cas-add" => cas_add(&param("key")),
+        "get-many" => get_many(&param("key")),
         "count" => respond(200, served.to_string()),
         "spin" => spin_forever(),
         _ => who_answered(&request),
@@ -62,6 +68,63 @@ fn key_value(op: &str, label: &str, key: &str, body: &[u8]) -> Response {
         _ => store.delete(key).map(|()| respond(204, "")),
     };
     result.unwrap_or_else(|e| respond(500, format!("{e:?}")))
+}
+
+fn cas_add(key: &str) -> Response {
+    use spin_sdk::wit::wasi::keyvalue::{atomics, store};
+    let bucket = match store::open("default") {
+        Ok(bucket) => bucket,
+        Err(e) => return respond(403, format!("{e:?}")),
+    };
+    let number = |bytes: Option<Vec<u8>>| -> u64 {
+        bytes
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut swaps = 0;
+    let mut swapped = false;
+    while swaps < 5 && !swapped {
+        let cas = match atomics::Cas::new(&bucket, key) {
+            Ok(cas) => cas,
+            Err(e) => return respond(500, format!("{e:?}")),
+        };
+        let current = match cas.current() {
+            Ok(current) => number(current),
+            Err(e) => return respond(500, format!("{e:?}")),
+        };
+        swaps += 1;
+        match atomics::swap(cas, (current + 1).to_string().as_bytes()) {
+            Ok(()) => swapped = true,
+            Err(atomics::CasError::CasFailed(_)) => {}
+            Err(atomics::CasError::StoreError(e)) => return respond(500, format!("{e:?}")),
+        }
+    }
+    let value = number(bucket.get(key).ok().flatten());
+    let answer = if swapped { "ok" } else { "failed" };
+    respond(200, format!("swaps {swaps}, {answer}, value {value}"))
+}
+
+fn get_many(key: &str) -> Response {
+    use spin_sdk::wit::wasi::keyvalue::{batch, store};
+    let found = store::open("default")
+        .and_then(|bucket| batch::get_many(&bucket, &[key.to_string(), format!("{key}-other")]));
+    match found {
+        Ok(pairs) => {
+            let values: Vec<String> = pairs
+                .into_iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}={}",
+                        v.map(|v| String::from_utf8_lossy(&v).into_owned())
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            respond(200, values.join(","))
+        }
+        Err(e) => respond(500, format!("{e:?}")),
+    }
 }
 
 fn variable(name: &str) -> Response {
