@@ -174,7 +174,8 @@ async fn the_whole_wizard_flow() {
         mapping.text()
     );
 
-    // Turn automatic mapping off; the stored password is used for the check.
+    // Turn automatic mapping off and disable it: no credentials change, the archive is not
+    // asked.
     let body = s.connector_body(json!({ "automatic_mapping": false, "enabled": false }));
     let updated = s
         .call(
@@ -187,6 +188,22 @@ async fn the_whole_wizard_flow() {
     assert_eq!(updated.status, 200, "{}", updated.text());
     assert_eq!(updated.json().unwrap()["automatic_mapping"], false);
     assert_eq!(updated.json().unwrap()["created_at"], view["created_at"]);
+    assert_eq!(s.source.requests().len(), 1, "only the creation's login");
+
+    // Another address of the archive is checked again, with the stored password.
+    let body = s.connector_body(
+        json!({ "automatic_mapping": false, "enabled": false, "source_url": s.source.origin() }),
+    );
+    let moved = s
+        .call(
+            "PUT",
+            "/api/connectors/att-main",
+            Some("application/json"),
+            body,
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.text());
+    assert_eq!(moved.json().unwrap()["source_url"], s.source.origin());
     assert!(
         s.source.requests()[1].2,
         "the update logged in with the stored password"
