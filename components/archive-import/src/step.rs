@@ -366,8 +366,7 @@ pub async fn import_step(connector_id: &str, run_id: &str) -> anyhow::Result<ser
     state.append_pending(connector_id, &kept)?;
     let ledger = outcomes.ledger;
     state.append_not_imported(&mut run, Side::Import, &ledger.not_imported)?;
-    run.figures = ledger.figures;
-    run.days = Some(ledger.days);
+    ledger.apply_to(&mut run);
     eprintln!(
         "run {run_id}: import step {}: {} items in {:.2} s",
         run.progress.steps,

@@ -8,7 +8,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::jmap::ImportOutcome;
 use crate::resolve::Delivery;
-use crate::runs::{Figures, NotImported, NotImportedReason};
+use crate::runs::{Figures, NotImported, NotImportedReason, Run};
 
 /// What became of one user's copy of an item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +53,8 @@ impl CopyOutcome {
 pub struct Ledger {
     run: String,
     at: DateTime<Utc>,
+    /// The run's figures and days the ledger began from: what it adds is the difference.
+    start: (Figures, BTreeMap<NaiveDate, Figures>),
     pub figures: Figures,
     /// What the run adds to each day of texts (see `Run::days`): final outcomes only.
     pub days: BTreeMap<NaiveDate, Figures>,
@@ -76,11 +78,24 @@ impl Ledger {
         Ledger {
             run: run.to_string(),
             at,
+            start: (figures, days.clone()),
             figures,
             days,
             not_imported,
             kept: vec![false; items],
             transient: None,
+        }
+    }
+
+    /// Adds what this ledger counted to `run`'s figures and days. `run` may be newer than the
+    /// record the ledger began from (the step committed meanwhile, over the fetch's counts):
+    /// only the ledger's own counts are added, so the fetch's are never taken back.
+    pub fn apply_to(&self, run: &mut Run) {
+        run.figures.add(&self.figures.since(&self.start.0));
+        let days = run.days.get_or_insert_with(Default::default);
+        for (day, figures) in &self.days {
+            let start = self.start.1.get(day).copied().unwrap_or_default();
+            days.entry(*day).or_default().add(&figures.since(&start));
         }
     }
 
@@ -274,6 +289,42 @@ mod tests {
         );
         assert!(l.is_kept(2) && !l.is_kept(0) && !l.is_kept(7));
         assert_eq!(l.transient.as_deref(), Some("503"));
+    }
+
+    #[test]
+    fn only_the_ledgers_own_counts_reach_a_record_the_fetch_changed_since() {
+        let mut run = crate::testing::run("c", "r");
+        run.figures.fetched = 5;
+        run.days = Some(BTreeMap::from([(
+            day(),
+            Figures {
+                fetched: 5,
+                ..Figures::default()
+            },
+        )]));
+        let mut ledger = Ledger::new(
+            "r",
+            1,
+            run.figures,
+            run.days.clone().unwrap_or_default(),
+            Vec::new(),
+            "2026-11-26T02:00:00Z".parse().unwrap(),
+        );
+        ledger.expect_copy();
+        ledger.days.entry(day()).or_default().available_for_import += 1;
+        // The fetch counts another text meanwhile.
+        run.figures.fetched = 6;
+        run.days.as_mut().unwrap().get_mut(&day()).unwrap().fetched = 6;
+        ledger.apply_to(&mut run);
+        assert_eq!(
+            (run.figures.fetched, run.figures.available_for_import),
+            (6, 1)
+        );
+        let day_figures = run.days.unwrap()[&day()];
+        assert_eq!(
+            (day_figures.fetched, day_figures.available_for_import),
+            (6, 1)
+        );
     }
 
     #[test]

@@ -63,6 +63,26 @@ impl Figures {
         self.failed += other.failed;
     }
 
+    /// What `self` counts beyond `earlier` (each count less the earlier one, never below 0).
+    pub fn since(&self, earlier: &Figures) -> Figures {
+        Figures {
+            fetched: self.fetched.saturating_sub(earlier.fetched),
+            invalid: self.invalid.saturating_sub(earlier.invalid),
+            unmapped: self.unmapped.saturating_sub(earlier.unmapped),
+            available_for_import: self
+                .available_for_import
+                .saturating_sub(earlier.available_for_import),
+            imported: self.imported.saturating_sub(earlier.imported),
+            partially_imported: self
+                .partially_imported
+                .saturating_sub(earlier.partially_imported),
+            skipped_duplicate: self
+                .skipped_duplicate
+                .saturating_sub(earlier.skipped_duplicate),
+            failed: self.failed.saturating_sub(earlier.failed),
+        }
+    }
+
     /// Every copy available for import has exactly one outcome.
     pub fn invariant_holds(&self) -> bool {
         self.available_for_import
