@@ -63,6 +63,7 @@ pub use host::{
     App, AppBuilder, Rewrite, RewriteFn, SimulatedCrash, TestResponse, is_interrupted,
     is_simulated_crash,
 };
+pub use kv::KvBackend;
 pub use redis_server::RedisServer;
 pub use simulator::{Fault, SourceSimulator};
 

@@ -57,6 +57,34 @@ impl RedisServer {
         let mut child = self.child.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let _ = child.kill();
         let _ = child.wait();
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        *child = spawn(self.port, &self.dir)?;
+        drop(child);
+        self.wait_ready()
+    }
+
+    /// Stops the server as an outage does, keeping its data: `SHUTDOWN SAVE` writes it to the
+    /// server's folder first. Until [`RedisServer::start_again`], every command is refused a
+    /// connection.
+    pub fn stop_keeping_data(&self) -> anyhow::Result<()> {
+        let mut child = self.child.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let mut connection = redis::Client::open(self.url())?.get_connection()?;
+        // The server closes the connection as it stops: no answer comes.
+        let _ = redis::cmd("SHUTDOWN").arg("SAVE").exec(&mut connection);
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("redis-server on port {} stopped with {status}", self.port);
+        }
+        if !self.dir.join("dump.rdb").exists() {
+            bail!("redis-server on port {} saved nothing", self.port);
+        }
+        Ok(())
+    }
+
+    /// Starts a server stopped by [`RedisServer::stop_keeping_data`] again on the same port,
+    /// with the data it saved.
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        let mut child = self.child.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         *child = spawn(self.port, &self.dir)?;
         drop(child);
         self.wait_ready()

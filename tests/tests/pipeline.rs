@@ -297,7 +297,7 @@ pub(crate) async fn admin(
 }
 
 /// Each user's archived emails: source id -> (Message-ID, receivedAt, subject, thread, sizes).
-async fn folder_contents(jmap: &Jmap, account: &str) -> BTreeMap<String, Value> {
+pub(crate) async fn folder_contents(jmap: &Jmap, account: &str) -> BTreeMap<String, Value> {
     let mailboxes = jmap
         .call(
             "Mailbox/get",
@@ -323,31 +323,48 @@ async fn folder_contents(jmap: &Jmap, account: &str) -> BTreeMap<String, Value> 
         Some("AT&T SMS"),
         "Cyrus holds the folder as a hierarchy"
     );
-    let ids = jmap
-        .call(
-            "Email/query",
-            json!({ "accountId": account, "filter": { "inMailbox": folder }, "limit": 100 }),
-        )
-        .await;
-    let emails = jmap
-        .call(
-            "Email/get",
-            json!({ "accountId": account, "ids": ids["ids"], "properties": [
-                "messageId", "receivedAt", "subject", "threadId", "attachments", "keywords",
-                "header:X-Archive-Source-Id:asText"
-            ], "bodyProperties": ["size", "name", "type"] }),
-        )
-        .await;
+    // The tests share one mail server, so a folder holds every other test's copies too: it is
+    // read page by page to its end, never only its first page. Tests running meanwhile only add
+    // emails, which moves an email to a later page but never past the reader: an email met on
+    // two pages is one email (the same JMAP id), read once.
+    const PAGE: usize = 200;
+    let mut seen = std::collections::BTreeSet::new();
     let mut contents = BTreeMap::new();
-    for email in emails["list"].as_array().unwrap() {
-        let source_id = email["header:X-Archive-Source-Id:asText"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        assert!(
-            contents.insert(source_id.clone(), email.clone()).is_none(),
-            "{source_id} twice in {account}"
-        );
+    for position in (0..).step_by(PAGE) {
+        let ids = jmap
+            .call(
+                "Email/query",
+                json!({ "accountId": account, "filter": { "inMailbox": folder },
+                        "sort": [{ "property": "receivedAt" }],
+                        "position": position, "limit": PAGE }),
+            )
+            .await;
+        let page = ids["ids"].as_array().unwrap().len();
+        let emails = jmap
+            .call(
+                "Email/get",
+                json!({ "accountId": account, "ids": ids["ids"], "properties": [
+                    "id", "messageId", "receivedAt", "subject", "threadId", "attachments", "keywords",
+                    "header:X-Archive-Source-Id:asText"
+                ], "bodyProperties": ["size", "name", "type"] }),
+            )
+            .await;
+        for email in emails["list"].as_array().unwrap() {
+            if !seen.insert(email["id"].as_str().unwrap().to_string()) {
+                continue;
+            }
+            let source_id = email["header:X-Archive-Source-Id:asText"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                contents.insert(source_id.clone(), email.clone()).is_none(),
+                "{source_id} twice in {account}"
+            );
+        }
+        if page < PAGE {
+            break;
+        }
     }
     contents
 }
@@ -522,13 +539,13 @@ async fn a_day_of_texts_lands_in_each_users_folder_once() {
 }
 
 /// An id no earlier run used, so a scenario holds on a mail server that kept earlier runs.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
     format!("{prefix}-{nanos}")
 }
 
 /// Users the day's scenario does not use, free for the fault scenarios.
-fn grace() -> Value {
+pub(crate) fn grace() -> Value {
     person(
         "+12025550107",
         Some("grace@acme.example"),
@@ -536,7 +553,7 @@ fn grace() -> Value {
     )
 }
 
-fn heidi() -> Value {
+pub(crate) fn heidi() -> Value {
     person(
         "+12025550108",
         Some("heidi@acme.example"),
@@ -669,7 +686,7 @@ pub(crate) fn expire_lease(app: &App, connector: &str) {
     }
 }
 
-async fn status_of(app: &App, connector: &str) -> Value {
+pub(crate) async fn status_of(app: &App, connector: &str) -> Value {
     admin(
         app,
         "GET",
@@ -1299,7 +1316,7 @@ const MEMORY_BOUND: usize = 16 << 20;
 
 /// Three texts from heidi to grace (a copy each) in the timer's first window, ids made unique
 /// by `prefix`.
-fn three_texts(source: &SourceSimulator, prefix: &str) -> Vec<String> {
+pub(crate) fn three_texts(source: &SourceSimulator, prefix: &str) -> Vec<String> {
     (0..3)
         .map(|n| {
             let id = unique(&format!("{prefix}{n}"));

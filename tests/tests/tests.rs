@@ -8,4 +8,5 @@ mod manifest_checks;
 mod pipeline;
 mod setup;
 mod spin_checks;
+mod store;
 mod util;

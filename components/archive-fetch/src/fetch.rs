@@ -21,6 +21,7 @@ use archiver_core::source_client::{
     SourceError, SourceRequest, account_request, basic_auth, read_account_response,
 };
 use archiver_core::state::{Commit, STAGED_CHUNK_BYTES, Sealing, Side, State};
+use archiver_core::write_behind::{BatchLimit, WriteBehind};
 use chrono::{DateTime, Utc};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -235,16 +236,76 @@ fn release_lease(connector: &str, run: &str) {
     }
 }
 
+/// How long a run that stopped because the key-value store did not answer (a Redis restart or
+/// failover) keeps trying to record why and to give its lease up.
+const STORE_OUTAGE_WAIT: Duration = Duration::from_secs(60);
+
+/// Does `write` until it succeeds or [`STORE_OUTAGE_WAIT`] has passed, waiting longer after
+/// each failure; answers the last error.
+async fn while_the_store_recovers<T>(
+    mut write: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match write() {
+            Ok(done) => return Ok(done),
+            Err(e) if started.elapsed() + wait > STORE_OUTAGE_WAIT => return Err(e),
+            Err(_) => {
+                archive_host::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Drives a run whose lease is held, then gives the lease up. The run record says how it
-/// ended; an `Err` means it failed or could not even be recorded.
+/// ended; an `Err` means it failed or could not even be recorded. A run stopped by a store that
+/// did not answer is recorded as failed with that reason once the store answers again, and its
+/// lease is freed then, so no connector is held silently by a run that cannot go on.
 async fn drive_and_release(
     state: &State<'_, SpinStore>,
     connector: &Connector,
     run: &mut Run,
 ) -> anyhow::Result<()> {
     let result = drive(state, connector, run).await;
-    release_lease(&connector.id, &run.id);
+    if let Err(error) = &result {
+        let reason = format!("{error:#}");
+        let recorded = while_the_store_recovers(|| {
+            record_failure(state, &connector.id, &run.id, &reason).map_err(Into::into)
+        })
+        .await;
+        if let Err(e) = recorded {
+            eprintln!("run {}: recording why it stopped: {e:#}", run.id);
+        }
+    }
+    let released = while_the_store_recovers(|| {
+        archive_host::lease::release(&connector.id, &run.id, Utc::now()).map_err(anyhow::Error::msg)
+    })
+    .await;
+    if let Err(e) = released {
+        eprintln!("run {}: releasing the lease: {e:#}", run.id);
+    }
     result
+}
+
+/// Marks the run failed with `reason`, unless its record says it ended already.
+fn record_failure(
+    state: &State<'_, SpinStore>,
+    connector: &str,
+    run: &str,
+    reason: &str,
+) -> Result<(), archiver_core::state::StoreError> {
+    let Some(mut run) = state.run(connector, run)? else {
+        return Ok(());
+    };
+    if run.state.is_terminal() {
+        return Ok(());
+    }
+    let base = run.clone();
+    let error = format!("{reason}; what it had not imported is left for the next run");
+    state.fail_run(&base, &mut run, error, Utc::now())?;
+    Ok(())
 }
 
 /// Takes the run through its steps, each a fresh invocation reached by chaining: fetch steps
@@ -410,11 +471,17 @@ impl From<archiver_core::state::StoreError> for StepError {
     }
 }
 
+/// The store as a fetch step writes it: plain writes batched (see [`WriteBehind`]).
+type StepState<'a> = State<'a, WriteBehind<'a, SpinStore>>;
+
 /// One fetch step of a run: at most the step limits' worth of messages, from the run's
 /// checkpoint on. Answers the run as the step left it.
 pub async fn fetch_step(connector_id: &str, run_id: &str) -> anyhow::Result<serde_json::Value> {
     let store = SpinStore::open()?;
-    let state = State::new(&store);
+    // What the step stages goes to the store in batches, in order; each commit sends what
+    // came before it.
+    let batched = WriteBehind::new(&store, BatchLimit::STAGING);
+    let state = State::new(&batched);
     let config = Config::load()?;
     let connector = state
         .connector(connector_id)?
@@ -440,6 +507,7 @@ pub async fn fetch_step(connector_id: &str, run_id: &str) -> anyhow::Result<serd
             state.fail_run(&base, &mut run, error, Utc::now())?;
         }
     }
+    batched.flush()?;
     Ok(run.view())
 }
 
@@ -447,7 +515,7 @@ pub async fn fetch_step(connector_id: &str, run_id: &str) -> anyhow::Result<serd
 /// reached; each page's outcome is committed with the run record (over the import's commits
 /// meanwhile: `base` is the record as this step last read or wrote it).
 async fn stage_step(
-    state: &State<'_, SpinStore>,
+    state: &StepState<'_>,
     config: &Config,
     connector: &Connector,
     base: &mut Run,
@@ -518,8 +586,9 @@ async fn stage_step(
                         match Listing::classify(&here, None, None, mark.as_ref()) {
                             Listing::Again => continue,
                             Listing::First { day, .. } => {
-                                let after = CountedMark::after(mark.as_ref(), &here, &run.id);
-                                if mark.as_ref() != Some(&after) {
+                                if let Some(after) =
+                                    CountedMark::changed(mark.as_ref(), &here, &run.id)
+                                {
                                     state.put_counted_mark(&connector.id, &key, &after)?;
                                 }
                                 day
@@ -577,16 +646,12 @@ async fn stage_step(
                     Listing::First { day, stage } => (day, stage),
                 };
             // A text this run did not stage keeps where this run listed it in its mark.
-            let staged_by = match (&archived, &staged) {
-                (Some(archived), _) => Some(&archived.run),
-                (None, Some(staged)) if staged.run != run.id => Some(&staged.run),
-                _ => None,
-            };
-            if let Some(staged_by) = staged_by {
-                let after = CountedMark::after(mark.as_ref(), &here, staged_by);
-                if mark.as_ref() != Some(&after) {
-                    state.put_counted_mark(&connector.id, &key, &after)?;
-                }
+            let staged_by =
+                CountedMark::staged_by_another(&run.id, archived.as_ref(), staged.as_ref());
+            if let Some(after) =
+                staged_by.and_then(|by| CountedMark::changed(mark.as_ref(), &here, by))
+            {
+                state.put_counted_mark(&connector.id, &key, &after)?;
             }
             if stage {
                 let resume = run.progress.partial.take().filter(|p| p.item == key);
@@ -694,11 +759,7 @@ async fn stage_step(
 /// its import begins (and may add to the list); a step that stopped between the commit and the
 /// clearing ended the run, whose failure lists them again: the next run finds them twice,
 /// which it tolerates.
-fn take_pending(
-    state: &State<'_, SpinStore>,
-    base: &mut Run,
-    run: &mut Run,
-) -> Result<Commit, StepError> {
+fn take_pending(state: &StepState<'_>, base: &mut Run, run: &mut Run) -> Result<Commit, StepError> {
     if run.progress.took_pending {
         return Ok(Commit::Written);
     }
@@ -719,7 +780,7 @@ fn take_pending(
 /// (after the run record holds every item, so no staged item is left out of every run). A run
 /// that could not stage some item leaves the watermark where it was, so the item is retried.
 fn advance_watermark(
-    state: &State<'_, SpinStore>,
+    state: &StepState<'_>,
     run: &Run,
     until: DateTime<Utc>,
 ) -> Result<(), StepError> {
@@ -791,7 +852,7 @@ enum Staging {
 
 /// What downloading attachments needs, for one step.
 struct Download<'a> {
-    state: &'a State<'a, SpinStore>,
+    state: &'a StepState<'a>,
     config: &'a Config,
     connector: &'a Connector,
     authorization: &'a str,

@@ -271,8 +271,8 @@ mod tests {
     #[test]
     fn on_a_store_that_answers_every_swap_failed_the_lease_is_taken_renewed_and_released_once() {
         use crate::state::KeyValue;
-        use crate::swap::testing::LyingSwap;
-        let store = LyingSwap::default();
+        use crate::swap::testing::TestSwap;
+        let store = TestSwap::lying();
         let now = at("2026-11-26T02:00:00Z");
         assert_eq!(
             swap_lease(&store, "c", "run-a", now, LeaseSwap::Take).unwrap(),

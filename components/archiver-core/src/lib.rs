@@ -14,6 +14,7 @@
 //! - [`api`]: the admin API's errors as HTTP statuses and bodies.
 //! - [`console`]: the admin console's session cookie and its cross-site checks.
 //! - [`timer`]: the daily timer's request to the app, on a trigger that cannot chain.
+//! - [`write_behind`]: a step's plain writes sent to the store in ordered batches.
 //!
 //! Clocks, ids and configuration are arguments, so every output can be golden-tested.
 
@@ -40,6 +41,7 @@ pub mod source_client;
 pub mod state;
 pub mod swap;
 pub mod timer;
+pub mod write_behind;
 
 #[cfg(test)]
 pub(crate) mod testing;

@@ -492,6 +492,32 @@ impl CountedMark {
             listed: here.clone(),
         }
     }
+
+    /// The mark to write after the listing at `here`, or `None` when the stored one says it
+    /// already: a listing that changes nothing costs no write.
+    pub fn changed(
+        earlier: Option<&CountedMark>,
+        here: &ListingPlace,
+        counted_by: &str,
+    ) -> Option<CountedMark> {
+        let after = CountedMark::after(earlier, here, counted_by);
+        (earlier != Some(&after)).then_some(after)
+    }
+
+    /// Which run staged a text listed by `run` that this run will not stage itself: the run
+    /// that archived it, or another run whose staged record holds it. Such a text keeps where
+    /// `run` listed it in its mark, since no record of `run`'s own does.
+    pub fn staged_by_another<'a>(
+        run: &str,
+        archived: Option<&'a ArchivedItem>,
+        staged: Option<&'a StagedItem>,
+    ) -> Option<&'a str> {
+        match (archived, staged) {
+            (Some(archived), _) => Some(&archived.run),
+            (None, Some(staged)) if staged.run != run => Some(&staged.run),
+            _ => None,
+        }
+    }
 }
 
 /// What one listing of a text adds to its run, from what the store holds of the text.
@@ -825,6 +851,25 @@ mod tests {
         let after = CountedMark::after(Some(&another), &here, "r2");
         assert_eq!((after.counted_by.as_str(), &after.listed), ("r1", &here));
         assert_eq!(CountedMark::after(None, &here, "r2").counted_by, "r2");
+        // A listing that changes nothing in the mark writes nothing.
+        assert_eq!(CountedMark::changed(Some(&after), &here, "r2"), None);
+        assert_eq!(
+            CountedMark::changed(Some(&another), &here, "r2"),
+            Some(after.clone())
+        );
+        // Only a text another run staged or archived keeps this run's listing in its mark.
+        let own = staged("r2", None);
+        let others = staged("r1", None);
+        assert_eq!(CountedMark::staged_by_another("r2", None, Some(&own)), None);
+        assert_eq!(
+            CountedMark::staged_by_another("r2", None, Some(&others)),
+            Some("r1")
+        );
+        assert_eq!(
+            CountedMark::staged_by_another("r2", Some(&by_earlier), None),
+            Some(by_earlier.run.as_str())
+        );
+        assert_eq!(CountedMark::staged_by_another("r2", None, None), None);
         // Archived or staged by an earlier run, listed by this one elsewhere: known by the mark.
         let relisted = mark("r1", place("r2", None, 1));
         assert_eq!(

@@ -368,10 +368,21 @@ pub struct Health {
     /// The last timer event could not start runs (the app unreachable from its timer, or the
     /// timer's token refused); cleared by the next event that gets through.
     pub timer_failure: Option<crate::timer::TimerFailure>,
+    /// The connector's last run that ended failed, when no run has succeeded since: why it
+    /// stopped (an archive or mail server error, or a key-value store that did not answer).
+    pub last_run_failure: Option<RunFailure>,
     /// Whole days since a run last fetched any message (since the first run if none ever did).
     pub days_without_items: Option<i64>,
     /// `days_without_items` reached the alert threshold.
     pub no_items_alert: bool,
+}
+
+/// A failed run, as the health shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunFailure {
+    pub run: String,
+    pub at: DateTime<Utc>,
+    pub reason: String,
 }
 
 /// The status of a connector: per run, per day, the items not imported, and health.
@@ -438,6 +449,19 @@ pub fn status(
         .filter(|r| r.state == RunState::Succeeded)
         .filter_map(|r| r.finished_at)
         .max();
+    let last_ended = recent
+        .iter()
+        .filter(|r| r.state.is_terminal())
+        .filter_map(|r| r.finished_at.map(|at| (at, r)))
+        .max_by_key(|(at, _)| *at);
+    let last_run_failure = match last_ended {
+        Some((at, run)) if run.state == RunState::Failed => Some(RunFailure {
+            run: run.id.clone(),
+            at,
+            reason: run.error.clone().unwrap_or_default(),
+        }),
+        _ => None,
+    };
     let last_items = recent
         .iter()
         .filter(|r| r.figures.fetched > 0)
@@ -452,6 +476,7 @@ pub fn status(
             source_login_failure: health.login_failure.clone(),
             destination_login_failure: health.destination_login_failure.clone(),
             timer_failure,
+            last_run_failure,
             days_without_items,
             no_items_alert: days_without_items.is_some_and(|d| d >= alert_after_days),
         },
@@ -652,6 +677,54 @@ mod tests {
         assert_eq!(s.days[0].figures.imported, 20);
         assert_eq!(s.days[0].runs, 1);
         assert_eq!(s.runs.len(), 2, "the runs are shown apart");
+    }
+
+    #[test]
+    fn the_health_shows_why_the_last_run_failed_until_a_run_succeeds() {
+        let ok = run(
+            "a",
+            "2026-11-20T02:00:00Z",
+            RunState::Succeeded,
+            figures(1, 1, 1, 0),
+        );
+        let mut failed = run(
+            "b",
+            "2026-11-21T02:00:00Z",
+            RunState::Failed,
+            figures(0, 0, 0, 0),
+        );
+        failed.error = Some("the key-value store failed: connection refused".into());
+        // Still running: it does not hide the failure before it.
+        let mut running = run(
+            "c",
+            "2026-11-22T02:00:00Z",
+            RunState::Running,
+            figures(0, 0, 0, 0),
+        );
+        running.finished_at = None;
+        let health = |runs: &[Run]| {
+            status(
+                "c",
+                runs,
+                vec![],
+                &HealthRecord::default(),
+                None,
+                at("2026-11-22T03:00:00Z"),
+                3,
+            )
+            .health
+            .last_run_failure
+        };
+        assert_eq!(health(std::slice::from_ref(&ok)), None);
+        let shown = health(&[ok.clone(), failed.clone(), running]).unwrap();
+        assert_eq!(shown.run, "b");
+        assert_eq!(shown.at, at("2026-11-21T02:05:00Z"));
+        assert!(shown.reason.contains("key-value store"), "{}", shown.reason);
+        let mut later = ok;
+        later.id = "d".into();
+        later.requested_at = at("2026-11-22T02:00:00Z");
+        later.finished_at = Some(at("2026-11-22T02:05:00Z"));
+        assert_eq!(health(&[failed, later]), None, "a run succeeded since");
     }
 
     #[test]

@@ -540,7 +540,7 @@ impl<'a, K: KeyValue> State<'a, K> {
                     .transpose()
                     .map_err(|e| StoreError(format!("record {key} is unreadable: {e}")))?;
                 before(current.as_ref())?;
-                let merged = match &current {
+                let mut merged = match &current {
                     None => run.clone(),
                     Some(current) => {
                         let mut merged = merged_run(base, run, current)?;
@@ -553,7 +553,6 @@ impl<'a, K: KeyValue> State<'a, K> {
                         merged
                     }
                 };
-                let mut merged = merged;
                 merged.writes = with_write(current.as_ref().map_or(&[], |c| &c.writes), &write);
                 serde_json::to_vec(&merged).map_err(|e| StoreError(e.to_string()))
             },
@@ -1170,46 +1169,6 @@ mod tests {
         );
     }
 
-    type OtherWriter<'a> = Box<dyn FnOnce(&MemoryStore) + 'a>;
-
-    /// A store whose compare-and-swap lets another writer in, once, between a writer's read and
-    /// its swap: the writer must ask again with what that one wrote.
-    struct Interleaved<'a> {
-        store: MemoryStore,
-        other: std::cell::RefCell<Option<OtherWriter<'a>>>,
-    }
-
-    impl KeyValue for Interleaved<'_> {
-        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-            self.store.get(key)
-        }
-        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-            self.store.set(key, value)
-        }
-        fn delete(&self, key: &str) -> Result<(), StoreError> {
-            self.store.delete(key)
-        }
-        fn update(
-            &self,
-            key: &str,
-            change: &mut Change<'_>,
-            _landed: &Landed<'_>,
-        ) -> Result<Vec<u8>, StoreError> {
-            loop {
-                let read = self.store.get(key)?;
-                let value = change(read.as_deref())?;
-                let other = self.other.borrow_mut().take();
-                if let Some(other) = other {
-                    other(&self.store);
-                }
-                if self.store.get(key)? == read {
-                    self.store.set(key, &value)?;
-                    return Ok(value);
-                }
-            }
-        }
-    }
-
     fn all_pending(state: &State<'_, impl KeyValue>) -> Vec<String> {
         let mut pending = Vec::new();
         for n in 0..state.pending_pages("c").unwrap() {
@@ -1284,8 +1243,8 @@ mod tests {
 
     #[test]
     fn on_a_store_that_answers_every_swap_failed_each_commit_counts_once() {
-        use crate::swap::testing::LyingSwap;
-        let store = LyingSwap::default();
+        use crate::swap::testing::TestSwap;
+        let store = TestSwap::lying();
         let state = State::new(&store);
         let mut run = crate::testing::run("c", "r");
         run.state = crate::runs::RunState::Running;
@@ -1376,10 +1335,7 @@ mod tests {
 
     #[test]
     fn a_failing_writer_carries_over_what_the_other_side_listed_before_its_swap() {
-        let store = Interleaved {
-            store: MemoryStore::default(),
-            other: Default::default(),
-        };
+        let store = crate::swap::testing::TestSwap::truthful();
         let state = State::new(&store);
         let mut run = crate::testing::run("c", "r");
         run.state = crate::runs::RunState::Running;
@@ -1410,10 +1366,7 @@ mod tests {
 
     #[test]
     fn appends_to_the_pending_list_never_take_each_others_place() {
-        let store = Interleaved {
-            store: MemoryStore::default(),
-            other: Default::default(),
-        };
+        let store = crate::swap::testing::TestSwap::truthful();
         let state = State::new(&store);
         state.append_pending("c", &["a".to_string()]).unwrap();
         // Another side appends between this one's read of the count and its swap.

@@ -106,16 +106,31 @@ pub(crate) mod testing {
     /// Another writer's change, made between a swap's read and its write.
     pub type OtherWriter = Box<dyn FnOnce(&MemoryStore)>;
 
-    /// A store whose swap is right but, as Spin's Redis store, always answers "failed"; another
-    /// writer may be let in once before a swap.
+    /// A store in memory whose compare-and-swap is right, and answers truly (as Spin's SQLite
+    /// store) or, `lying`, always "failed" (as Spin's Redis store); another writer may be let in
+    /// once between a writer's read and its swap.
     #[derive(Default)]
-    pub struct LyingSwap {
+    pub struct TestSwap {
         pub store: MemoryStore,
         pub other: RefCell<Option<OtherWriter>>,
         pub swaps: RefCell<usize>,
+        pub lying: bool,
     }
 
-    impl Swap for LyingSwap {
+    impl TestSwap {
+        pub fn truthful() -> TestSwap {
+            TestSwap::default()
+        }
+
+        pub fn lying() -> TestSwap {
+            TestSwap {
+                lying: true,
+                ..TestSwap::default()
+            }
+        }
+    }
+
+    impl Swap for TestSwap {
         type Handle = (String, Option<Vec<u8>>);
 
         fn begin(&self, key: &str) -> Result<(Self::Handle, Option<Vec<u8>>), StoreError> {
@@ -128,10 +143,11 @@ pub(crate) mod testing {
             if let Some(other) = self.other.borrow_mut().take() {
                 other(&self.store);
             }
-            if self.store.get(&key)? == seen {
+            let written = self.store.get(&key)? == seen;
+            if written {
                 self.store.set(&key, value)?;
             }
-            Ok(false)
+            Ok(written && !self.lying)
         }
 
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -139,7 +155,7 @@ pub(crate) mod testing {
         }
     }
 
-    impl KeyValue for LyingSwap {
+    impl KeyValue for TestSwap {
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
             self.store.get(key)
         }
@@ -162,7 +178,7 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::LyingSwap;
+    use super::testing::TestSwap;
     use crate::state::KeyValue;
 
     fn counter(bytes: Option<&[u8]>) -> u64 {
@@ -174,7 +190,7 @@ mod tests {
 
     #[test]
     fn a_swap_answered_failed_that_landed_is_not_done_again() {
-        let store = LyingSwap::default();
+        let store = TestSwap::lying();
         // Each write is "count id": the id tells this write from any other.
         let landed = |read_back: Option<&[u8]>, written: &[u8]| read_back == Some(written);
         for n in 0..3 {
@@ -196,7 +212,7 @@ mod tests {
 
         // Retried blind, as a writer that believes the answer does, the change is applied again
         // on top of itself until the attempts run out.
-        let blind = LyingSwap::default();
+        let blind = TestSwap::lying();
         let error = blind
             .update(
                 "k",
@@ -210,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_write_that_lost_to_another_is_decided_again_on_the_winner() {
-        let store = LyingSwap::default();
+        let store = TestSwap::lying();
         store.store.set("k", b"1 start").unwrap();
         *store.other.borrow_mut() = Some(Box::new(|s| s.set("k", b"10 other").unwrap()));
         let landed = |read_back: Option<&[u8]>, written: &[u8]| read_back == Some(written);

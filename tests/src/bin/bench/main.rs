@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --profile bench-host -p archiver-tests --bin bench -- [--sizes 2000,20000] [--users 500]
 //!     [--seed 7] [--workers 4] [--mail http://127.0.0.1:18180] [--domain bench.example]
-//!     [--destination jmap|graph] [--pipeline-only yes]
+//!     [--destination jmap|graph] [--pipeline-only yes] [--store sqlite|redis] [--disk-load yes]
 //! ```
 //!
 //! For each size it prints where the time went (fetch and staging, conversion in wasm and
@@ -17,9 +17,17 @@
 //! apart) and the share of the import spent waiting out throttling.
 //! With `--pipeline-only yes` only the pipeline is measured (no conversion alone, no ceiling,
 //! which hold every email of the day in memory at once): how the run grows with the day.
+//! Each size also measures the fetch's ceiling (see `fetch_ceiling`): the same day downloaded
+//! and staged natively into SQLite, one transaction per batch; `fetch / ceiling` compares.
+//! With `--store redis` the app's store is a `redis-server` (Debian's) the benchmark starts, put
+//! there by a runtime config file as `spin up --runtime-config-file` does. With
+//! `--disk-load yes` each size is run a second time (pipeline and fetch ceiling) beside a
+//! writer that writes and syncs a file on the same disk as the store, and the slowdown is
+//! printed: a real host shares its disk.
 
 mod ceiling;
 mod day;
+mod fetch_ceiling;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -41,6 +49,7 @@ const SERVICE_PASSWORD: &str = "archiverpw";
 /// Messages per user on the day before the measured one.
 const WARM_UP_PER_USER: usize = 4;
 
+#[derive(Clone)]
 struct Options {
     sizes: Vec<usize>,
     users: usize,
@@ -52,6 +61,9 @@ struct Options {
     /// Only the pipeline: no conversion alone and no ceiling (which hold every email of the
     /// day in memory at once).
     pipeline_only: bool,
+    /// The app's store on a Redis server rather than a SQLite file.
+    redis: bool,
+    disk_load: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -64,6 +76,8 @@ fn options() -> anyhow::Result<Options> {
         domain: "bench.example".into(),
         graph: false,
         pipeline_only: false,
+        redis: false,
+        disk_load: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -97,6 +111,20 @@ fn options() -> anyhow::Result<Options> {
                     other => bail!("--pipeline-only: yes or no, not {other}"),
                 }
             }
+            "--store" => {
+                options.redis = match value.as_str() {
+                    "redis" => true,
+                    "sqlite" => false,
+                    other => bail!("--store: sqlite or redis, not {other}"),
+                }
+            }
+            "--disk-load" => {
+                options.disk_load = match value.as_str() {
+                    "yes" => true,
+                    "no" => false,
+                    other => bail!("--disk-load: yes or no, not {other}"),
+                }
+            }
             other => bail!("unknown option {other}"),
         }
     }
@@ -119,6 +147,7 @@ struct Figures {
     email_mb: f64,
     /// The mail server's own ingest rate (JMAP only).
     ceiling: Option<ceiling::Ceiling>,
+    fetch_ceiling: fetch_ceiling::FetchCeiling,
     graph: Option<GraphFigures>,
     peaks: Vec<(String, usize)>,
     steps: u64,
@@ -221,6 +250,15 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
         .variable("timer_token", "bench-timer-token")
         .variable("staging_key", "5a".repeat(32))
         .variable("source_origin", source.origin());
+    // Kept until the size is measured: dropping it stops the server.
+    let redis = match options.redis {
+        true => Some(std::sync::Arc::new(archiver_tests::RedisServer::start()?)),
+        false => None,
+    };
+    let builder = match &redis {
+        Some(server) => builder.redis(server.clone())?,
+        None => builder,
+    };
     let (app, graph) = if options.graph {
         let users: Vec<String> = (0..options.users)
             .map(|n| day::user_email(n, &options.domain))
@@ -335,6 +373,25 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
         .iter()
         .map(|c| (c.to_string(), app.peak_memory(c)))
         .collect();
+    eprintln!("[bench] fetch ceiling");
+    let window = (
+        chrono::DateTime::from_timestamp(since, 0).context("the day's start")?,
+        chrono::DateTime::from_timestamp(TIMER as i64, 0).context("the day's end")?,
+    );
+    let fetch_ceiling = fetch_ceiling::measure(
+        &source.origin(),
+        &source.base_url(),
+        ("bench", "bench-password"),
+        window,
+        &store_folder().join("bench-fetch-ceiling.db"),
+    )
+    .await?;
+    if fetch_ceiling.messages != messages {
+        bail!(
+            "the fetch ceiling staged {} messages of {messages}",
+            fetch_ceiling.messages
+        );
+    }
     let pipeline = Figures {
         messages,
         copies,
@@ -347,6 +404,7 @@ async fn run_size(options: &Options, messages: usize) -> anyhow::Result<Figures>
         wasm_conversion: Duration::ZERO,
         email_mb: 0.0,
         ceiling: None,
+        fetch_ceiling,
         graph: None,
         peaks,
         steps: run["progress"]["steps"].as_u64().unwrap_or(0),
@@ -580,6 +638,64 @@ fn convert_in_wasm(
     })
 }
 
+/// Where the test host keeps its SQLite stores (the app's, and the fetch ceiling's).
+fn store_folder() -> std::path::PathBuf {
+    std::path::PathBuf::from("target/test-host-kv")
+}
+
+/// A writer beside the benchmark that writes and syncs a file on the store's disk until
+/// dropped, as another service of the same host would.
+struct DiskLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writer: Option<std::thread::JoinHandle<anyhow::Result<u64>>>,
+}
+
+impl DiskLoad {
+    fn start(folder: &std::path::Path) -> anyhow::Result<DiskLoad> {
+        use std::io::{Seek, Write};
+        std::fs::create_dir_all(folder)?;
+        let path = folder.join("bench-disk-load.bin");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let writer = std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&path)?;
+            let block = vec![0x5au8; 1 << 20];
+            let mut written = 0u64;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                file.write_all(&block)?;
+                file.sync_data()?;
+                written += block.len() as u64;
+                // Kept to 256 MiB: the load is the syncing, not the space.
+                if written.is_multiple_of(256 << 20) {
+                    file.rewind()?;
+                }
+            }
+            drop(file);
+            std::fs::remove_file(&path)?;
+            Ok(written)
+        });
+        Ok(DiskLoad {
+            stop,
+            writer: Some(writer),
+        })
+    }
+
+    /// Stops the writer; answers how many bytes it wrote and synced.
+    fn stop(mut self) -> anyhow::Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok(written)) => written,
+            _ => bail!("the disk writer stopped"),
+        }
+    }
+}
+
+impl Drop for DiskLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn rate(count: f64, time: Duration) -> f64 {
     count / time.as_secs_f64().max(1e-9)
 }
@@ -620,6 +736,15 @@ fn print_size(f: &Figures) {
             f.import.as_secs_f64(),
             delivery
         );
+        println!(
+            "| fetch ceiling: native download + sealed staging in SQLite | {:.1} s | {:.0} messages/s, {:.1} MB/s |",
+            f.fetch_ceiling.elapsed.as_secs_f64(),
+            rate(f.fetch_ceiling.messages as f64, f.fetch_ceiling.elapsed),
+            rate(
+                f.fetch_ceiling.attachment_bytes as f64 / 1e6,
+                f.fetch_ceiling.elapsed
+            )
+        );
         if let Some(c) = &f.ceiling {
             println!(
                 "| ceiling: direct upload + Email/import | {:.1} s | {:.0} copies/s, {:.1} MB/s |",
@@ -639,10 +764,19 @@ fn print_size(f: &Figures) {
             (f.fetch.saturating_sub(f.overlap)).as_secs_f64(),
             f.overlap.as_secs_f64()
         );
+        println!(
+            "fetch / fetch ceiling = {:.2}",
+            f.fetch_ceiling.elapsed.as_secs_f64() / f.fetch.as_secs_f64().max(1e-9)
+        );
         if let Some(c) = &f.ceiling {
             let ceiling = rate(c.copies as f64, c.elapsed);
             println!("delivery / ceiling = {:.2}", delivery / ceiling.max(1e-9));
         }
+        let slower = f.fetch.max(f.import);
+        println!(
+            "whole run / slower side = {:.2}",
+            f.total.as_secs_f64() / slower.as_secs_f64().max(1e-9)
+        );
         if let Some(g) = &f.graph {
             let per = |n: usize, copies: u64| n as f64 / (copies as f64).max(1.0);
             println!(
@@ -737,6 +871,31 @@ async fn main() -> anyhow::Result<()> {
     for &size in &options.sizes {
         let figures = run_size(&options, size).await?;
         print_size(&figures);
+        if options.disk_load {
+            eprintln!("[bench] again, beside a writer syncing to the same disk");
+            let quieter = Options {
+                pipeline_only: true,
+                ..options.clone()
+            };
+            let load = DiskLoad::start(&store_folder())?;
+            let loaded = run_size(&quieter, size).await;
+            let written = load.stop()?;
+            let loaded = loaded?;
+            println!(
+                "N = {size} beside a disk writer ({} MB written and synced meanwhile):",
+                written / 1_000_000
+            );
+            print_size(&loaded);
+            let slowdown = |quiet: Duration, busy: Duration| {
+                busy.as_secs_f64() / quiet.as_secs_f64().max(1e-9)
+            };
+            println!(
+                "disk load slowdown: fetch + staging x{:.2}, fetch ceiling x{:.2}, whole run x{:.2}",
+                slowdown(figures.fetch, loaded.fetch),
+                slowdown(figures.fetch_ceiling.elapsed, loaded.fetch_ceiling.elapsed),
+                slowdown(figures.total, loaded.total)
+            );
+        }
         all.push(figures);
     }
     print(&all);
