@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use percent_encoding::percent_decode_str;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 /// The largest request body (<https://learn.microsoft.com/en-us/graph/outlook-large-attachments>:
 /// a request over 4 MB fails; larger attachments go through an upload session).
@@ -52,8 +53,29 @@ pub struct StoredMessage {
     /// `PidTagMessageDeliveryTime` and `PidTagClientSubmitTime` as given, else none.
     pub received: Option<String>,
     pub sent: Option<String>,
-    /// Name, content type and bytes of each attachment.
-    pub attachments: Vec<(String, String, Vec<u8>)>,
+    /// Each attachment as received.
+    pub attachments: Vec<StoredAttachment>,
+}
+
+/// An attachment as the mailbox holds it: its size and SHA-256, not its bytes, so a day of
+/// 100,000 texts fits in the server's memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAttachment {
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl StoredAttachment {
+    fn of(name: &str, content_type: &str, bytes: &[u8]) -> StoredAttachment {
+        StoredAttachment {
+            name: name.to_string(),
+            content_type: content_type.to_string(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        }
+    }
 }
 
 impl StoredMessage {
@@ -66,7 +88,7 @@ impl StoredMessage {
     }
 
     fn size(&self) -> u64 {
-        let attachments: u64 = self.attachments.iter().map(|a| a.2.len() as u64).sum();
+        let attachments: u64 = self.attachments.iter().map(|a| a.size).sum();
         self.json.to_string().len() as u64 + attachments
     }
 }
@@ -77,7 +99,9 @@ struct UploadSession {
     name: String,
     content_type: String,
     size: u64,
-    bytes: Vec<u8>,
+    /// How many bytes the ranges so far brought, and their digest.
+    received: u64,
+    digest: Sha256,
     expires: Instant,
 }
 
@@ -589,7 +613,7 @@ impl Inner {
             ("GET", ["messages", id, "attachments"]) => match self.messages.get(*id) {
                 Some((_, m)) => {
                     let list: Vec<Value> = m.attachments.iter().enumerate()
-                        .map(|(n, a)| json!({ "id": format!("att-{n}"), "name": a.0, "size": a.2.len() }))
+                        .map(|(n, a)| json!({ "id": format!("att-{n}"), "name": a.name, "size": a.size }))
                         .collect();
                     answer(200, &json!({ "value": list }))
                 }
@@ -615,13 +639,10 @@ impl Inner {
                         "use an upload session for 3 MB or more",
                     );
                 }
-                let attachment = (
-                    request["name"].as_str().unwrap_or_default().to_string(),
-                    request["contentType"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    bytes,
+                let attachment = StoredAttachment::of(
+                    request["name"].as_str().unwrap_or_default(),
+                    request["contentType"].as_str().unwrap_or_default(),
+                    &bytes,
                 );
                 self.add_attachment(id, attachment)
             }
@@ -662,7 +683,8 @@ impl Inner {
                         name: item["name"].as_str().unwrap_or_default().into(),
                         content_type: item["contentType"].as_str().unwrap_or_default().into(),
                         size,
-                        bytes: Vec::new(),
+                        received: 0,
+                        digest: Sha256::new(),
                         expires,
                     },
                 );
@@ -755,13 +777,10 @@ impl Inner {
                     "an attachment without contentBytes",
                 );
             };
-            attachments.push((
-                attachment["name"].as_str().unwrap_or_default().to_string(),
-                attachment["contentType"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                bytes,
+            attachments.push(StoredAttachment::of(
+                attachment["name"].as_str().unwrap_or_default(),
+                attachment["contentType"].as_str().unwrap_or_default(),
+                &bytes,
             ));
         }
         if let Some(object) = request.as_object_mut() {
@@ -798,7 +817,7 @@ impl Inner {
         )
     }
 
-    fn add_attachment(&mut self, id: &str, attachment: (String, String, Vec<u8>)) -> Answer {
+    fn add_attachment(&mut self, id: &str, attachment: StoredAttachment) -> Answer {
         let limit = self.message_limit;
         let Some((_, message)) = self.messages.get_mut(id) else {
             return error(
@@ -1088,7 +1107,7 @@ fn upload(inner: &Arc<Mutex<Inner>>, parts: &http::request::Parts, body: &[u8]) 
     let length = body.len() as u64;
     let last = end + 1 == session.size;
     let valid = total == session.size
-        && start == session.bytes.len() as u64
+        && start == session.received
         && end >= start
         && end - start + 1 == length
         && length <= REQUEST_LIMIT as u64
@@ -1099,14 +1118,14 @@ fn upload(inner: &Arc<Mutex<Inner>>, parts: &http::request::Parts, body: &[u8]) 
             "InvalidRange",
             &format!(
                 "expected the range from {} of {}",
-                session.bytes.len(),
-                session.size
+                session.received, session.size
             ),
         );
     }
-    session.bytes.extend_from_slice(body);
+    session.digest.update(body);
+    session.received += length;
     if !last {
-        let next = session.bytes.len();
+        let next = session.received;
         return answer(
             200,
             &json!({ "expirationDateTime": chrono::Utc::now().to_rfc3339(), "nextExpectedRanges": [next.to_string()] }),
@@ -1120,10 +1139,13 @@ fn upload(inner: &Arc<Mutex<Inner>>, parts: &http::request::Parts, body: &[u8]) 
     if !owner_ok {
         return error(404, "ErrorItemNotFound", "The message has gone.");
     }
-    let added = i.add_attachment(
-        &session.message,
-        (session.name, session.content_type, session.bytes),
-    );
+    let attachment = StoredAttachment {
+        name: session.name,
+        content_type: session.content_type,
+        size: session.received,
+        sha256: hex::encode(session.digest.finalize()),
+    };
+    let added = i.add_attachment(&session.message, attachment);
     if added.status() != 201 {
         return added;
     }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use archiver_core::digest::sha256_hex;
 use archiver_core::email::message_id;
 use archiver_tests::graph::StoredMessage;
 use archiver_tests::{App, GraphServer, SourceSimulator};
@@ -144,20 +145,21 @@ async fn a_day_lands_in_each_users_exchange_folder_once_as_received_items() {
     }
     let alice = folder(&graph, "alice@acme.example");
     assert_eq!(alice["m02"].attachments.len(), 1);
-    assert_eq!(alice["m02"].attachments[0].0, "IMG_0042.jpg");
-    assert_eq!(alice["m02"].attachments[0].2.len(), 30_000);
+    assert_eq!(alice["m02"].attachments[0].name, "IMG_0042.jpg");
+    assert_eq!(alice["m02"].attachments[0].size, 30_000);
     assert_eq!(
         alice["m02"].json["subject"],
         "Texts with +12025550101, +12025550102, +13125550199"
     );
     let bob = folder(&graph, "bob@acme.example");
-    let video = &bob["m12"].attachments[0].2;
-    assert_eq!(video.len(), 12 * 1024 * 1024, "the 12 MB video whole");
-    assert!(
-        video
-            .iter()
-            .enumerate()
-            .all(|(i, b)| *b == (i * 7 % 251) as u8),
+    let video = &bob["m12"].attachments[0];
+    assert_eq!(video.size, 12 * 1024 * 1024, "the 12 MB video whole");
+    let given: Vec<u8> = (0..12usize * 1024 * 1024)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    assert_eq!(
+        video.sha256,
+        sha256_hex(&given),
         "the video's bytes as the archive gave them"
     );
     let ranges = graph
@@ -291,7 +293,7 @@ async fn throttling_an_expiring_token_and_a_failed_upload_lose_nothing_and_add_n
     );
     assert_eq!(ids(&graph), SMALL_DAY);
     let video = &folder(&graph, "alice@acme.example")["g01"];
-    assert_eq!(video.attachments[0].2.len(), 5 * 1024 * 1024);
+    assert_eq!(video.attachments[0].size, 5 * 1024 * 1024);
     assert!(!video.is_draft);
     let logins = graph
         .requests()
@@ -361,7 +363,7 @@ async fn a_60_mb_attachment_is_refused_under_the_default_limit_and_archived_unde
     );
     let folder = folder(&graph, "alice@acme.example");
     assert!(!folder.contains_key("g01"));
-    assert_eq!(folder["g07"].attachments[0].2.len(), 60 * 1024 * 1024);
+    assert_eq!(folder["g07"].attachments[0].size, 60 * 1024 * 1024);
     assert!(!folder["g07"].is_draft);
 }
 
@@ -509,7 +511,7 @@ async fn a_half_made_copy_an_expired_upload_session_and_a_racing_folder_end_in_o
         SMALL_DAY.iter().collect::<Vec<_>>()
     );
     assert_eq!(done["g01"].attachments.len(), 1);
-    assert_eq!(done["g01"].attachments[0].2.len(), 4 * 1024 * 1024);
+    assert_eq!(done["g01"].attachments[0].size, 4 * 1024 * 1024);
     assert!(
         graph
             .requests()
@@ -558,5 +560,5 @@ async fn a_crash_between_creating_a_copy_and_uploading_its_attachment_is_made_wh
         SMALL_DAY.iter().collect::<Vec<_>>()
     );
     assert_eq!(done["g01"].attachments.len(), 1, "made whole, once");
-    assert_eq!(done["g01"].attachments[0].2.len(), 4 * 1024 * 1024);
+    assert_eq!(done["g01"].attachments[0].size, 4 * 1024 * 1024);
 }
